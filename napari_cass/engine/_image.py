@@ -1,0 +1,113 @@
+"""Input images: validation, conversion to RGB, and the resize of spec section 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["as_rgb_float", "resized_size", "resize_image", "ACCEPTED_IMAGES"]
+
+ACCEPTED_IMAGES = (
+    "a 2-D (H x W) grey image, or H x W x 3 (RGB) or H x W x 4 (RGBA, alpha is dropped), "
+    "at least 2 x 2 pixels, of dtype uint8, uint16 or float (scaled to its own range), without NaN"
+)
+
+
+def as_rgb_float(image) -> np.ndarray:
+    """Validate ``image`` and return it as ``(H, W, 3)`` float32 on the 0..255 scale.
+
+    uint8 is taken as is, uint16 is divided by 257, other integers and floats are
+    min-max scaled to their own range (floats already in 0..1 or 0..255 keep their scale).
+    Raises ``ValueError`` saying what is accepted.
+    """
+    if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"Expected an image array, got {type(image).__name__}: {ACCEPTED_IMAGES}.")
+    if image.dtype == bool or not (
+        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    ):
+        raise ValueError(f"Unsupported image dtype {image.dtype}: {ACCEPTED_IMAGES}.")
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3]
+    elif image.ndim == 3 and image.shape[-1] == 1:
+        rgb = np.repeat(image, 3, axis=-1)
+    elif image.ndim == 2:
+        rgb = np.repeat(image[..., None], 3, axis=-1)
+    else:
+        raise ValueError(
+            f"Unsupported image shape {image.shape}: {ACCEPTED_IMAGES}. "
+            "For a stack, pass one 2-D slice at a time."
+        )
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ValueError(f"Image of shape {image.shape} is too small: {ACCEPTED_IMAGES}.")
+    if image.dtype == np.uint8:
+        return rgb.astype(np.float32)
+    if image.dtype == np.uint16:
+        return rgb.astype(np.float32) / 257.0
+    data = rgb.astype(np.float64)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"The image contains NaN or infinite values: {ACCEPTED_IMAGES}.")
+    lo, hi = float(data.min()), float(data.max())
+    if np.issubdtype(image.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return (data * 255.0).astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating) and lo >= 0.0 and hi <= 255.0 and hi > 1.0:
+        return data.astype(np.float32)
+    if hi == lo:
+        return np.zeros(rgb.shape, np.float32)
+    return ((data - lo) / (hi - lo) * 255.0).astype(np.float32)
+
+
+def resized_size(height: int, width: int, short_side: int, long_side_max: int = 2048) -> tuple[int, int]:
+    """Size after the keep-ratio rescale (mmcv's rule: short side to ``short_side``, long side capped)."""
+    scale = min(short_side / min(height, width), long_side_max / max(height, width))
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int], reference_quirks: bool = False) -> torch.Tensor:
+    """Resize ``(H, W, 3)`` 0..255 pixels to ``size``; returns ``(3, h, w)`` float32.
+
+    Default: bilinear with antialiasing (large photos shrink without aliasing).
+    ``reference_quirks``: OpenCV's INTER_LINEAR (bilinear, half-pixel centres, no
+    antialiasing), bit-exact for uint8 input as the reference pipeline feeds it.
+    """
+    if tuple(size) == tuple(rgb.shape[:2]):
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+    if reference_quirks:
+        if np.all(rgb == np.round(rgb)) and rgb.min() >= 0 and rgb.max() <= 255:
+            out = _opencv_linear_uint8(rgb.astype(np.uint8), size)
+            return torch.from_numpy(out).permute(2, 0, 1).float()
+        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0]
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _opencv_taps(dst: int, src: int):
+    """OpenCV's INTER_LINEAR source indices and 11-bit fixed-point weights along one axis."""
+    f = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    s0 = np.floor(f).astype(np.int64)
+    f = (f - s0).astype(np.float32)
+    low, high = s0 < 0, s0 >= src - 1
+    f[low | high] = 0
+    s0[low] = 0
+    s0[high] = src - 1
+    w0 = np.rint((np.float32(1) - f) * 2048).astype(np.int64)
+    w1 = np.rint(f * 2048).astype(np.int64)
+    return s0, np.minimum(s0 + 1, src - 1), w0, w1
+
+
+def _opencv_linear_uint8(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)`` for uint8, bit-exact.
+
+    Horizontal pass in 11-bit fixed point, vertical pass with the rounding of
+    OpenCV's SIMD kernel (checked against OpenCV's output in the parity data).
+    """
+    x0, x1, a0, a1 = _opencv_taps(size[1], src.shape[1])
+    y0, y1, b0, b1 = _opencv_taps(size[0], src.shape[0])
+    s = src.astype(np.int64)
+    horiz = s[:, x0] * a0[None, :, None] + s[:, x1] * a1[None, :, None]
+    top = ((horiz[y0] >> 4) * b0[:, None, None]) >> 16
+    bottom = ((horiz[y1] >> 4) * b1[:, None, None]) >> 16
+    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)

@@ -1,0 +1,523 @@
+"""The Segmenter: image + class prompts -> labels, composing the engine's pieces."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, fields
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipVision, Vfm
+from ._device import resolve_device
+from ._image import as_rgb_float, resize_image, resized_size
+from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
+from ._presence import TextEncoder, adjust_text, cluster_leaders, cluster_queries, object_similarity
+from ._presets import DEFAULT_PRESET, Preset, get_preset
+from ._prompts import ClassPrompt, ClassesLike, normalize_classes
+from ._result import SegmentationCancelled, SegmentationResult
+from ._spectral import gaussian_bias
+from ._windows import bilinear_taps, resize_bilinear, resize_rows_band, window_coords
+
+__all__ = ["Segmenter", "ProgressCallback", "CancelCallback"]
+
+ProgressCallback = Callable[[int, int, str], None]
+CancelCallback = Callable[[], bool]
+
+# mmsegmentation's data preprocessor constants, which the reference normalises with
+# (CLIP's mean/std times 255, rounded to 3 decimals).
+_MMSEG_MEAN = (122.771, 116.746, 104.094)
+_MMSEG_STD = (68.501, 66.632, 70.323)
+# The reference un-normalises crops for DINO with ImageNet statistics, blue std typed 0.255.
+_REF_INV_STD = (0.229, 0.224, 0.255)
+
+# Above this many logits, the final resize runs in bands of rows to bound memory.
+_BAND_ELEMENTS = 32_000_000
+
+
+@dataclass
+class _Vision:
+    """Everything on the vision side of one image: reused when only the prompts change."""
+
+    size: tuple[int, int]
+    resized: tuple[int, int]
+    windows: list[tuple[int, int, int, int]]
+    grid: tuple[int, int]
+    features: torch.Tensor  # (n_windows, N, E) unit vectors
+    crop_cls: torch.Tensor | None  # (n_windows, E), prior_from_crop presets
+    image_cls: torch.Tensor | None  # (E,)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+
+class Segmenter:
+    """Open-vocabulary semantic segmentation with CASS (or a baseline in the same code path).
+
+    Build it with :meth:`from_pretrained` (real weights) or :meth:`from_models` (any
+    open_clip CLIP and timm ViT, e.g. with random weights in tests), then call
+    :meth:`segment`. The vision side of the last few images is cached, so a new
+    class list on the same image only re-runs the text side.
+
+    Parameters
+    ----------
+    clip_model : torch.nn.Module
+        An open_clip CLIP model.
+    tokenizer : callable
+        open_clip tokenizer: list of str -> ``(n, 77)`` token ids.
+    vfm_model : torch.nn.Module or None
+        A timm ViT (DINO); needed by ``cass`` and ``proxyclip``.
+    method : str
+        One of :data:`METHODS`.
+    preset : str or Preset
+        Dataset preset (spec section 6); ``"interactive"`` by default.
+    device : str
+        ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+    reference_quirks : bool
+        Reproduce the reference implementation's numerics (parity checks only).
+    batch_size : int, optional
+        Crops per forward pass (default 1 on the CPU, 8 on a GPU).
+    threads : int, optional
+        CPU threads for PyTorch.
+    cache_size : int
+        Images whose vision side is kept.
+    amp : bool
+        Autocast the encoders to float16/bfloat16 on CUDA.
+    **options
+        Ablations: ``vfm_graph``, ``matching``, ``low_rank``, ``eigenscaling``,
+        ``adaptive_rank``, ``pairing`` (see :class:`CassOptions`),
+        ``presence_prior`` (Eq. 9's prior) and ``text_adjustment`` (Eq. 8).
+    """
+
+    def __init__(
+        self,
+        clip_model: torch.nn.Module,
+        tokenizer,
+        vfm_model: torch.nn.Module | None = None,
+        *,
+        method: str = "cass",
+        preset: str | Preset = DEFAULT_PRESET,
+        device: str | torch.device = "cpu",
+        reference_quirks: bool = False,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        cache_size: int = 4,
+        amp: bool = True,
+        presence_prior: bool = True,
+        text_adjustment: bool = True,
+        **options,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        known = {f.name for f in fields(CassOptions)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"Unknown option(s) {sorted(unknown)}; known: {sorted(known)}.")
+        self.options = CassOptions(**options)
+        if method in NEEDS_VFM and vfm_model is None and (method != "cass" or self.options.vfm_graph):
+            raise ValueError(f"Method {method!r} needs a VFM (DINO) model; pass vfm_model.")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = resolve_device(device)
+        self.method = method
+        self.preset = get_preset(preset)
+        self.reference_quirks = bool(reference_quirks)
+        self.presence_prior = presence_prior
+        self.text_adjustment = text_adjustment
+        # Parity runs one crop at a time, like the reference (GEMM blocking can change rounding).
+        self.batch_size = 1 if self.reference_quirks else int(batch_size or (1 if self.device.type == "cpu" else 8))
+        self.amp = amp
+        self.clip_model = clip_model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.vfm_model = vfm_model.to(self.device).eval() if vfm_model is not None else None
+        self._clip = ClipVision(self.clip_model.visual, self.reference_quirks)
+        self._vfm = Vfm(self.vfm_model, self.reference_quirks) if self.vfm_model is not None else None
+        self._text = TextEncoder(self.clip_model, tokenizer, self.device)
+        self._cache: OrderedDict[str, _Vision] = OrderedDict()
+        self._cache_size = int(cache_size)
+        self._clusters: dict[tuple, np.ndarray] = {}
+        self._omega: dict[tuple[int, int], torch.Tensor] = {}
+        self._debug: dict | None = None  # set to a dict to collect intermediates (tests)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_models(cls, clip_model, tokenizer, vfm_model=None, **kwargs) -> Segmenter:
+        """Wrap already-built models (any weights). Same keywords as the constructor."""
+        return cls(clip_model, tokenizer, vfm_model, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        clip: str = "ViT-B-16",
+        clip_weights: str = "openai",
+        vfm: str = "dino_vitb8",
+        vfm_weights: str = "pretrained",
+        *,
+        method: str = "cass",
+        preset: str | Preset = DEFAULT_PRESET,
+        device: str = "auto",
+        progress: ProgressCallback | None = None,
+        offline: bool | None = None,
+        **kwargs,
+    ) -> Segmenter:
+        """Build the models by name and load their weights.
+
+        Weights come from an explicit file path, else the napari-cass cache folder
+        (``NAPARI_CASS_CACHE``), else the Hugging Face hub. Offline, a missing file
+        raises :class:`~napari_cass.engine.WeightsNotFoundError` naming the files
+        expected and where to put them. ``"random"`` weights are for tests only.
+        """
+        from ._weights import build_clip, build_vfm
+
+        dev = resolve_device(device)
+        clip_model, tokenizer = build_clip(clip, clip_weights, progress=progress, offline=offline)
+        vfm_model = None
+        if method in NEEDS_VFM:
+            vfm_model = build_vfm(vfm, vfm_weights, progress=progress, offline=offline)
+        seg = cls(clip_model, tokenizer, vfm_model, method=method, preset=preset, device=dev, **kwargs)
+        seg.model_names = {"clip": clip, "clip_weights": str(clip_weights), "vfm": vfm if vfm_model else None}
+        return seg
+
+    model_names: dict = {}
+
+    # ------------------------------------------------------------------ settings
+    def set_preset(self, preset: str | Preset) -> None:
+        """Switch preset; cached vision features stay valid when only text-side numbers change."""
+        self.preset = get_preset(preset)
+
+    def set_method(self, method: str) -> None:
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        if method in NEEDS_VFM and self.vfm_model is None:
+            raise ValueError(f"Method {method!r} needs a VFM (DINO) model; rebuild the Segmenter with one.")
+        self.method = method
+
+    def clear_cache(self) -> None:
+        """Forget cached image features and text embeddings."""
+        self._cache.clear()
+        self._clusters.clear()
+        self._text.clear()
+
+    # ------------------------------------------------------------------ public API
+    def segment(
+        self,
+        image,
+        classes: ClassesLike,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        *,
+        background: str | Sequence[str] | None = None,
+    ) -> SegmentationResult:
+        """Segment ``image`` into ``classes``.
+
+        Parameters
+        ----------
+        image : array
+            ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``; uint8, uint16 or float.
+        classes : str or list
+            ``"person, car, road"``; or a list whose items are a name, a list of
+            synonyms (first = display name) or a :class:`ClassPrompt`.
+        progress : callable, optional
+            ``progress(done, total, message)``.
+        cancel : callable, optional
+            Polled between crops; returning True raises :class:`SegmentationCancelled`.
+        background : str or list of str, optional
+            Words describing the background; they become class 0, "background".
+        """
+        prompts = normalize_classes(classes)
+        if background:
+            words = [background] if isinstance(background, str) else list(background)
+            bg = ClassPrompt.from_words(words, name="background")
+            prompts = [bg] + normalize_classes(prompts)
+        has_background = prompts[0].name.casefold() == "background"
+        rgb_source = image
+        rgb = as_rgb_float(image)
+        timer = _Timer(self.device)
+        start = time.perf_counter()
+        key = self._cache_key(rgb_source, rgb)
+        vision = self._cache.get(key)
+        from_cache = vision is not None
+        total = 2 + (0 if from_cache else self._vision_steps(rgb.shape[:2]))
+        report = _Reporter(progress, cancel, total)
+        if vision is None:
+            vision = self._vision(rgb, rgb_source, report)
+            self._cache[key] = vision
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        report.check()
+        with torch.inference_mode():
+            with timer("text"):
+                queries = [q for p in prompts for q in p.queries]
+                text = self._text.encode(queries)
+                clusters = self._cluster(queries, text)
+            report.step("text embeddings")
+            with timer("similarity"):
+                logits = self._logits(vision, text, clusters)
+            with timer("merge"):
+                probs, labels = self._finish(vision, logits, prompts, has_background)
+            report.step("done")
+        timings = {} if from_cache else dict(vision.timings)
+        timings.update(timer.times)
+        timings["total"] = time.perf_counter() - start
+        return SegmentationResult(
+            labels=labels,
+            probabilities=probs,
+            classes=prompts,
+            has_background=has_background,
+            timings=timings,
+            from_cache=from_cache,
+        )
+
+    # ------------------------------------------------------------------ vision side
+    def _vision_key(self) -> tuple:
+        p = self.preset
+        return (
+            self.method, p.mode, p.short_side, p.long_side_max, p.crop, p.stride, p.sigma, p.lam,
+            p.k_eigen, p.rank, self._eigenscaling(), p.prior_from_crop, self.options,
+            self.reference_quirks, id(self.clip_model), id(self.vfm_model),
+        )
+
+    def _cache_key(self, source, rgb: np.ndarray) -> str:
+        arr = np.ascontiguousarray(np.asarray(source))
+        h = hashlib.blake2b(arr.view(np.uint8).reshape(-1).data, digest_size=16)
+        h.update(repr((arr.shape, str(arr.dtype), self._vision_key())).encode())
+        return h.hexdigest()
+
+    def _eigenscaling(self) -> bool:
+        es = self.options.eigenscaling
+        return self.preset.eigenscaling if es is None else bool(es)
+
+    def _vision_steps(self, size: tuple[int, int]) -> int:
+        h, w = resized_size(*size, self.preset.short_side, self.preset.long_side_max)
+        if self.preset.mode == "whole":
+            return 1
+        n = len(window_coords(h, w, self.preset.crop, self.preset.stride))
+        return -(-n // self.batch_size) + 1
+
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda" and not self.reference_quirks:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return nullcontext()
+
+    def _normalise_clip(self, img: torch.Tensor) -> torch.Tensor:
+        """``(3, h, w)`` 0..255 pixels -> CLIP input."""
+        if self.reference_quirks:
+            mean = torch.tensor(_MMSEG_MEAN, device=img.device)[:, None, None]
+            std = torch.tensor(_MMSEG_STD, device=img.device)[:, None, None]
+            return (img - mean) / std
+        mean = torch.tensor(CLIP_MEAN, device=img.device)[:, None, None]
+        std = torch.tensor(CLIP_STD, device=img.device)[:, None, None]
+        return (img / 255.0 - mean) / std
+
+    def _vfm_input(self, pixels: torch.Tensor, clip_in: torch.Tensor) -> torch.Tensor:
+        """VFM input for a batch of crops: ``pixels`` 0..255 and their CLIP-normalised form."""
+        mean = torch.tensor(IMAGENET_MEAN, device=pixels.device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=pixels.device)[:, None, None]
+        patch = self._vfm.patch
+        if self.reference_quirks:
+            # The reference's round trip: un-normalise with the wrong statistics,
+            # truncate to uint8, square-resize with PIL bicubic, then ToTensor + ImageNet.
+            inv_mean = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, _REF_INV_STD)], device=pixels.device)
+            inv_std = torch.tensor([1 / s for s in _REF_INV_STD], device=pixels.device)
+            back = (clip_in - inv_mean[:, None, None]) / inv_std[:, None, None]
+            u8 = (back * 255).to(torch.uint8)
+            h, w = u8.shape[-2:]
+            if h != w:
+                u8 = _pil_square_resize(u8, min(h, w))
+            if self._debug is not None:
+                self._debug.setdefault("vfm_uint8", []).append(u8.cpu())
+            x = (u8.float() / 255.0 - mean) / std
+        else:
+            x = (pixels / 255.0 - mean) / std
+        h, w = x.shape[-2:]
+        return x[..., : h - h % patch[0], : w - w % patch[1]]
+
+    def _omega_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        key = (grid, self.preset.sigma)
+        if key not in self._omega:
+            self._omega[key] = gaussian_bias(grid, self.preset.sigma, device=self.device)
+        return self._omega[key]
+
+    @torch.inference_mode()
+    def _vision(self, rgb: np.ndarray, source, report: _Reporter) -> _Vision:
+        p = self.preset
+        timer = _Timer(self.device)
+        with timer("resize"):
+            size = rgb.shape[:2]
+            resized = resized_size(*size, p.short_side, p.long_side_max)
+            pixels = resize_image(rgb, resized, self.reference_quirks).to(self.device)
+            clip_in = self._normalise_clip(pixels)
+        windows = [(0, resized[0], 0, resized[1])] if p.mode == "whole" else window_coords(
+            resized[0], resized[1], p.crop, p.stride
+        )
+        image_cls = None
+        if not p.prior_from_crop and p.mode != "whole":
+            with timer("image_embedding"), self._autocast():
+                tokens = self._clip.tokens_before_last(clip_in[None])
+                image_cls = self._clip.cls_embedding(_float_tokens(tokens))[0].float()
+            report.step("whole-image embedding")
+        feats, crop_cls, grid = [], [], None
+        for start in range(0, len(windows), self.batch_size):
+            report.check()
+            batch = windows[start : start + self.batch_size]
+            crops = torch.stack([clip_in[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in batch])
+            crop_px = torch.stack([pixels[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in batch])
+            with timer("clip_encoder"), self._autocast():
+                tokens = _float_tokens(self._clip.tokens_before_last(crops))
+            inputs = MethodInputs(tokens=tokens, omega=self._omega_for(tokens.grid))
+            if self._debug is not None:
+                inputs.debug = self._debug.setdefault("windows", {})
+            if self._vfm is not None and (self.method == "proxyclip" or (self.method == "cass" and self.options.vfm_graph)):
+                with timer("vfm_encoder"), self._autocast():
+                    vfm_in = self._vfm_input(crop_px, crops)
+                    if self.method == "proxyclip":
+                        vt, inputs.vfm_grid = self._vfm.final_patch_tokens(vfm_in)
+                        inputs.vfm_tokens = vt.float()
+                    else:
+                        vk, inputs.vfm_grid = self._vfm.last_keys(vfm_in)
+                        inputs.vfm_keys = vk.float()
+            with timer("attention"):
+                f, grid = patch_features(
+                    self.method, self._clip, inputs, k_eigen=p.k_eigen, rank=p.rank, lam=p.lam,
+                    eigenscaling=self._eigenscaling(), options=self.options,
+                )
+            feats.append(f.float())
+            if p.prior_from_crop or p.mode == "whole":
+                with timer("image_embedding"):
+                    cls = self._clip.cls_embedding(tokens).float()
+                crop_cls.append(cls)
+            report.step(f"crop {min(start + len(batch), len(windows))}/{len(windows)}")
+        crop_cls_t = torch.cat(crop_cls) if crop_cls else None
+        if p.mode == "whole" and not p.prior_from_crop:
+            image_cls, crop_cls_t = crop_cls_t[0], None
+        timer.times["vision"] = sum(timer.times.values())
+        return _Vision(
+            size=tuple(size), resized=tuple(resized), windows=windows, grid=grid,
+            features=torch.cat(feats), crop_cls=crop_cls_t, image_cls=image_cls, timings=timer.times,
+        )
+
+    # ------------------------------------------------------------------ text side
+    def _cluster(self, queries: list[str], text: torch.Tensor) -> np.ndarray:
+        key = (tuple(queries), self.preset.cluster_threshold)
+        if key not in self._clusters:
+            self._clusters[key] = cluster_queries(text, self.preset.cluster_threshold)
+            if len(self._clusters) > 64:
+                self._clusters.pop(next(iter(self._clusters)))
+        return self._clusters[key]
+
+    def _logits(self, vision: _Vision, text: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
+        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows)."""
+        p = self.preset
+        prior = vision.crop_cls if p.prior_from_crop else vision.image_cls
+        prior = prior @ text.T  # (Q,) or (n_windows, Q)
+        feats = vision.features
+        beta = p.beta if self.presence_prior else 0.0
+        if self.text_adjustment and p.alpha > 0:
+            leaders = cluster_leaders(prior, clusters)
+            adjusted = adjust_text(text, feats, leaders, p.alpha)
+        else:
+            adjusted = text.expand(feats.shape[0], -1, -1)
+        sims = object_similarity(feats, adjusted, prior, beta)  # (B, N, Q)
+        n_win, _, q = sims.shape
+        gh, gw = vision.grid
+        patch_logits = sims.permute(0, 2, 1).reshape(n_win, q, gh, gw)
+        if self._debug is not None:
+            self._debug.update(
+                prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits
+            )
+        h, w = vision.resized
+        if len(vision.windows) == 1:
+            return resize_bilinear(patch_logits[0], (h, w))
+        canvas = torch.zeros(q, h, w, device=sims.device)
+        count = torch.zeros(1, h, w, device=sims.device)
+        for (y1, y2, x1, x2), logit in zip(vision.windows, patch_logits):
+            canvas[:, y1:y2, x1:x2] += resize_bilinear(logit, (y2 - y1, x2 - x1))
+            count[:, y1:y2, x1:x2] += 1
+        return canvas / count
+
+    def _finish(self, vision: _Vision, logits: torch.Tensor, prompts: list[ClassPrompt], has_background: bool):
+        """Resize to the original size, x logit_scale, softmax, max over synonyms, argmax."""
+        p = self.preset
+        h0, w0 = vision.size
+        groups, start = [], 0
+        for pr in prompts:
+            groups.append((start, start + len(pr.queries)))
+            start += len(pr.queries)
+        thd = p.prob_thd if (has_background or self.reference_quirks) else 0.0
+        probs = np.empty((len(prompts), h0, w0), np.float32)
+        labels = np.empty((h0, w0), np.int32)
+        q = logits.shape[0]
+        band = h0 if q * h0 * w0 <= _BAND_ELEMENTS else max(1, _BAND_ELEMENTS // (q * w0))
+        rows_all = bilinear_taps(h0, logits.shape[1], logits.device)
+        cols = bilinear_taps(w0, logits.shape[2], logits.device)
+        for r0 in range(0, h0, band):
+            r1 = min(h0, r0 + band)
+            if band == h0:
+                full = resize_bilinear(logits, (h0, w0))
+            else:
+                rows = tuple(t[r0:r1] for t in rows_all)
+                full = resize_rows_band(logits, rows, cols)
+            soft = (full * p.logit_scale).softmax(dim=0)
+            cls_probs = torch.stack([soft[a:b].amax(dim=0) for a, b in groups])
+            best, lab = cls_probs.max(dim=0)
+            if thd > 0:
+                lab = torch.where(best < thd, torch.zeros_like(lab), lab)
+            probs[:, r0:r1] = cls_probs.cpu().numpy()
+            labels[r0:r1] = lab.to(torch.int32).cpu().numpy()
+        return probs, labels
+
+
+class _Reporter:
+    """Progress and cancel callbacks behind one object."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelCallback | None, total: int):
+        self.progress, self.cancel, self.total, self.done = progress, cancel, total, 0
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, message)
+
+
+def _float_tokens(tokens):
+    tokens.x = tokens.x.float()
+    return tokens
+
+
+def _pil_square_resize(u8: torch.Tensor, side: int) -> torch.Tensor:
+    """PIL bicubic resize of ``(B, 3, h, w)`` uint8 crops to ``side x side`` (reference quirk)."""
+    from PIL import Image
+
+    out = []
+    for img in u8.cpu():
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+        out.append(torch.from_numpy(np.asarray(pil.resize((side, side), Image.BICUBIC))).permute(2, 0, 1))
+    return torch.stack(out).to(u8.device)

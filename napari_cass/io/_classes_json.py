@@ -1,0 +1,105 @@
+"""``classes.json``: the index -> name / colour / synonyms table written next to masks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._atomic import atomic_write
+
+__all__ = ["CLASSES_FORMAT", "read_classes_json", "write_classes_json", "classes_table"]
+
+CLASSES_FORMAT = "napari-cass/classes@1"
+
+
+def classes_table(names: Sequence[str], colors: np.ndarray,
+                  synonyms: Sequence[Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """Build the validated ``classes`` list (one dict per class index)."""
+    names = list(names)
+    if not names:
+        raise ValueError("There are no classes to write; give at least one class name.")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Class {i} has an empty or non-text name ({name!r}).")
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"Class names must be unique; repeated: {', '.join(dupes)}.")
+    cols = np.asarray(colors)
+    if cols.ndim != 2 or cols.shape[1] != 3 or cols.shape[0] < len(names):
+        raise ValueError(
+            f"Need an (n, 3) colour array with at least {len(names)} rows (one per class), "
+            f"got shape {cols.shape}."
+        )
+    if synonyms is not None and len(synonyms) != len(names):
+        raise ValueError(
+            f"Got {len(synonyms)} synonym lists for {len(names)} classes; give one list per class."
+        )
+    table = []
+    for i, name in enumerate(names):
+        syn = [str(s) for s in synonyms[i]] if synonyms is not None else [name]
+        colour = [int(c) for c in np.clip(cols[i], 0, 255)]
+        table.append({"id": i, "name": name, "color": colour, "synonyms": syn})
+    return table
+
+
+def write_classes_json(path: str | os.PathLike[str], names: Sequence[str], colors: np.ndarray,
+                       synonyms: Sequence[Sequence[str]] | None = None, overwrite: bool = False,
+                       extra: dict[str, Any] | None = None) -> Path:
+    """Write the class table so a mask's pixel values can be read back as names.
+
+    ``extra`` (method, preset, model names, ...) is stored at the top level; its keys
+    may not clash with ``format`` or ``classes``.
+    """
+    doc: dict[str, Any] = {"format": CLASSES_FORMAT, "classes": classes_table(names, colors, synonyms)}
+    for key, value in (extra or {}).items():
+        if key in doc:
+            raise ValueError(f"extra may not contain the reserved key {key!r}.")
+        doc[key] = value
+    text = json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def read_classes_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a ``classes.json``; errors say which entry is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Class file {p} does not exist.")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON ({exc}).") from exc
+    if not isinstance(doc, dict) or doc.get("format") != CLASSES_FORMAT:
+        raise ValueError(
+            f"{p} is not a napari-cass class file: expected a JSON object with "
+            f'"format": "{CLASSES_FORMAT}".'
+        )
+    classes = doc.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f'{p}: "classes" must be a non-empty list.')
+    for i, entry in enumerate(classes):
+        where = f"{p}: classes[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object with id, name, color and synonyms.")
+        if entry.get("id") != i:
+            raise ValueError(f"{where} has id {entry.get('id')!r}; ids must be 0, 1, 2, ... in order.")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where} has no name.")
+        color = entry.get("color")
+        if (not isinstance(color, list) or len(color) != 3
+                or not all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
+            raise ValueError(f"{where} ({name!r}) needs a colour [r, g, b] with 0-255 integers.")
+        syn = entry.setdefault("synonyms", [name])
+        if not isinstance(syn, list) or not all(isinstance(s, str) for s in syn):
+            raise ValueError(f"{where} ({name!r}): synonyms must be a list of strings.")
+    names = [c["name"] for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{p}: class names are repeated.")
+    return doc

@@ -1,0 +1,71 @@
+"""One image + its mask into a segmentation dataset folder (images/, masks/, classes.json)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_write, check_targets, safe_filename
+from ._classes_json import classes_table, read_classes_json, write_classes_json
+from ._masks import write_indexed_png, write_label_tiff
+from ._overlay import to_uint8_rgb
+
+__all__ = ["export_dataset_item"]
+
+
+def export_dataset_item(root: str | os.PathLike[str], stem: str, image: np.ndarray,
+                        labels: np.ndarray, names: Sequence[str], colors: np.ndarray,
+                        overwrite: bool = False,
+                        synonyms: Sequence[Sequence[str]] | None = None) -> dict[str, Path]:
+    """Add one item to a dataset laid out as ``images/<stem>.png``, ``masks/<stem>.png``.
+
+    The layout is what mmsegmentation's ``BaseSegDataset`` (``img_dir="images"``,
+    ``ann_dir="masks"``) and a simple torchvision ``Dataset`` read directly.
+    Masks are indexed PNGs, or uint16 ``.tif`` for more than 256 classes.
+    ``classes.json`` is written once; a dataset whose existing ``classes.json``
+    lists other classes is refused, since its masks would mean something else.
+    Returns the paths written: ``{"image", "mask", "classes"}``.
+    """
+    root = Path(root)
+    safe = safe_filename(stem)
+    rgb = to_uint8_rgb(image)
+    lab = np.asarray(labels)
+    if lab.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"Labels of shape {lab.shape} do not match the image's height and width {rgb.shape[:2]}."
+        )
+    names = list(names)
+    table = classes_table(names, colors, synonyms)
+    mask_suffix = ".png" if len(names) <= 256 else ".tif"
+    image_path = root / "images" / f"{safe}.png"
+    mask_path = root / "masks" / f"{safe}{mask_suffix}"
+    classes_path = root / "classes.json"
+
+    if classes_path.exists():
+        existing = read_classes_json(classes_path)["classes"]
+        old = [(c["id"], c["name"]) for c in existing]
+        new = [(c["id"], c["name"]) for c in table]
+        if old != new:
+            raise ValueError(
+                f"{classes_path} lists other classes ({', '.join(n for _, n in old[:8])}"
+                f"{', ...' if len(old) > 8 else ''}) than this export "
+                f"({', '.join(n for _, n in new[:8])}{', ...' if len(new) > 8 else ''}); "
+                "mask values would mean different classes. Export to a new folder, or use the "
+                "same class list."
+            )
+    check_targets([image_path, mask_path], overwrite)
+
+    from PIL import Image
+
+    with atomic_write(image_path, overwrite=overwrite) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    if mask_suffix == ".png":
+        write_indexed_png(mask_path, lab, np.asarray(colors)[: len(names)], overwrite=overwrite)
+    else:
+        write_label_tiff(mask_path, lab, overwrite=overwrite)
+    if not classes_path.exists():
+        write_classes_json(classes_path, names, colors, synonyms)
+    return {"image": image_path, "mask": mask_path, "classes": classes_path}
