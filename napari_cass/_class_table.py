@@ -1,0 +1,412 @@
+"""The class list editor: a table (colour, name, synonyms) plus quick entry and files.
+
+Row 0 is always "background" (label 0); rows 1..n are the classes the engine is
+asked about, so row k is label k in the Labels layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
+
+__all__ = ["ClassTable"]
+
+_COLOR, _NAME, _SYN = 0, 1, 2
+_CHOOSE_LIST = "Benchmark class list…"
+
+
+def _split_words(text: str) -> list[str]:
+    return [w.strip() for w in text.replace("|", ",").split(",") if w.strip()]
+
+
+class ClassTable(QWidget):
+    """Editable class list; emits ``changed`` whenever names, synonyms or colours change."""
+
+    changed = Signal()
+    #: Problems the user must see (bad file, duplicate class, ...); the widget shows them.
+    error = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._updating = False
+
+        self.table = QTableWidget(0, 3, self)
+        self.table.setHorizontalHeaderLabels(["", "Class (label)", "Synonyms"])
+        self.table.verticalHeader().setVisible(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(_COLOR, QHeaderView.ResizeMode.Fixed)
+        header.setSectionResizeMode(_NAME, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(_SYN, QHeaderView.ResizeMode.Stretch)
+        self.table.setColumnWidth(_COLOR, 28)
+        self.table.setMinimumHeight(210)
+        self.table.setToolTip(
+            "Row k is label k. Click a colour swatch to change it; double-click a name or the "
+            "synonyms (comma-separated) to edit. Row 0 is the background (transparent)."
+        )
+        self.table.cellClicked.connect(self._on_cell_clicked)
+        self.table.itemChanged.connect(self._on_item_changed)
+
+        self.add_btn = QPushButton("Add")
+        self.remove_btn = QPushButton("Remove")
+        self.up_btn = QPushButton("Up")
+        self.down_btn = QPushButton("Down")
+        self.add_btn.clicked.connect(lambda: self.add_class())
+        self.remove_btn.clicked.connect(self.remove_selected)
+        self.up_btn.clicked.connect(lambda: self.move_selected(-1))
+        self.down_btn.clicked.connect(lambda: self.move_selected(1))
+        row_btns = QHBoxLayout()
+        for b in (self.add_btn, self.remove_btn, self.up_btn, self.down_btn):
+            row_btns.addWidget(b)
+
+        self.text = QPlainTextEdit()
+        self.text.setPlaceholderText(
+            "person, car, road   (or one class per line: name, synonym, synonym)"
+        )
+        self.text.setMaximumHeight(64)
+        self.text.setToolTip(
+            "One line: classes separated by commas, synonyms by '|' (person | man, car). "
+            "Several lines: one class per line, synonyms separated by commas."
+        )
+        self.set_btn = QPushButton("Set")
+        self.set_btn.setToolTip("Replace the table with the classes typed on the left.")
+        self.set_btn.clicked.connect(self.set_from_text)
+        text_row = QHBoxLayout()
+        text_row.addWidget(self.text, 1)
+        text_row.addWidget(self.set_btn)
+
+        self.background_edit = QLineEdit()
+        self.background_edit.setPlaceholderText("none (every pixel gets a class)")
+        self.background_edit.setToolTip(
+            "Words describing the background (label 0), e.g. 'sky, wall, floor'. "
+            "Leave empty to give every pixel one of the classes."
+        )
+        self.background_edit.textChanged.connect(self._on_background_changed)
+
+        self.benchmark_combo = QComboBox()
+        self.load_btn = QPushButton("Load…")
+        self.save_btn = QPushButton("Save…")
+        self.load_btn.setToolTip("Load a class list: classes.json (napari-cass) or a text file.")
+        self.save_btn.setToolTip("Save the class list as classes.json (.json) or text (.txt).")
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.benchmark_combo.activated.connect(self._on_benchmark_chosen)
+
+        grid = QGridLayout()
+        grid.addWidget(QLabel("Background words:"), 0, 0)
+        grid.addWidget(self.background_edit, 0, 1, 1, 3)
+        grid.addWidget(self.benchmark_combo, 1, 0, 1, 2)
+        grid.addWidget(self.load_btn, 1, 2)
+        grid.addWidget(self.save_btn, 1, 3)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(text_row)
+        layout.addWidget(self.table)
+        layout.addLayout(row_btns)
+        layout.addLayout(grid)
+
+        self._fill_benchmarks()
+        self._set_rows([], [], None)
+
+    # ------------------------------------------------------------------ model
+    def _fill_benchmarks(self) -> None:
+        from napari_cass.engine import BENCHMARK_CLASS_LISTS
+
+        self.benchmark_combo.addItem(_CHOOSE_LIST)
+        for name in BENCHMARK_CLASS_LISTS:
+            self.benchmark_combo.addItem(name)
+        self.benchmark_combo.setToolTip("Fill the table with a benchmark's classes and synonyms.")
+
+    def _set_rows(
+        self,
+        names: Sequence[str],
+        synonyms: Sequence[Sequence[str]],
+        colors: np.ndarray | None,
+    ) -> None:
+        self._updating = True
+        try:
+            n = len(names) + 1
+            if colors is None or len(colors) < n:
+                base = default_colors(n)
+                if colors is not None:
+                    base[: len(colors)] = colors
+                colors = base
+            self.table.setRowCount(n)
+            self._number_rows()
+            self._fill_row(0, BACKGROUND_NAME, self.background_words(), colors[0], background=True)
+            for i, (name, syn) in enumerate(zip(names, synonyms), start=1):
+                self._fill_row(i, name, list(syn), colors[i])
+        finally:
+            self._updating = False
+        self.changed.emit()
+
+    def _fill_row(
+        self, row: int, name: str, synonyms: list[str], color: np.ndarray, background: bool = False
+    ) -> None:
+        swatch = QTableWidgetItem("")
+        swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
+        self._paint_swatch(swatch, color)
+        name_item = QTableWidgetItem(name)
+        syn_item = QTableWidgetItem(", ".join(synonyms))
+        if background:
+            name_item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            syn_item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            name_item.setToolTip("Label 0: transparent in napari. Its words are set below.")
+            syn_item.setToolTip("Edit in 'Background words' below.")
+            swatch.setToolTip("Label 0 is drawn transparent.")
+        else:
+            swatch.setToolTip("Click to pick a colour.")
+        self.table.setItem(row, _COLOR, swatch)
+        self.table.setItem(row, _NAME, name_item)
+        self.table.setItem(row, _SYN, syn_item)
+
+    def _number_rows(self) -> None:
+        """Row headers show the label value (0 = background), not Qt's 1-based count."""
+        self.table.setVerticalHeaderLabels([str(k) for k in range(self.table.rowCount())])
+
+    @staticmethod
+    def _paint_swatch(item: QTableWidgetItem, color: np.ndarray) -> None:
+        r, g, b = (int(c) for c in color[:3])
+        item.setBackground(QColor(r, g, b))
+        item.setData(Qt.ItemDataRole.UserRole, (r, g, b))
+
+    # ----------------------------------------------------------------- public
+    def n_classes(self) -> int:
+        """Number of classes (rows 1..n)."""
+        return max(self.table.rowCount() - 1, 0)
+
+    def background_words(self) -> list[str]:
+        return _split_words(self.background_edit.text())
+
+    def label_classes(self) -> LabelClasses:
+        """The table as a :class:`LabelClasses` (label 0 = background)."""
+        names, synonyms, colors = [], [], []
+        for row in range(self.table.rowCount()):
+            name_item = self.table.item(row, _NAME)
+            names.append(name_item.text().strip() if name_item else "")
+            syn_item = self.table.item(row, _SYN)
+            synonyms.append(_split_words(syn_item.text()) if syn_item and row else [])
+            sw = self.table.item(row, _COLOR)
+            colors.append(sw.data(Qt.ItemDataRole.UserRole) if sw else (0, 0, 0))
+        bg = self.background_words()
+        synonyms[0] = bg
+        return LabelClasses(names, np.asarray(colors, dtype=np.uint8), synonyms, bg)
+
+    def set_classes(self, prompts: Sequence, colors: np.ndarray | None = None) -> None:
+        """Fill the table from engine ``ClassPrompt`` s.
+
+        A first class named "background" becomes row 0 (its words become the
+        background words); ``colors`` (if given) are per label, row 0 first.
+        """
+        prompts = list(prompts)
+        if prompts and prompts[0].name.strip().casefold() == BACKGROUND_NAME:
+            words = [q for q in prompts[0].queries]
+            self.background_edit.blockSignals(True)
+            self.background_edit.setText(", ".join(words))
+            self.background_edit.blockSignals(False)
+            prompts = prompts[1:]
+        names = [p.name for p in prompts]
+        synonyms = [[q for q in p.queries if q != p.name] for p in prompts]
+        self._set_rows(names, synonyms, colors)
+
+    def set_from_text(self, text: str | None = None) -> bool:
+        """Parse the quick-entry text (or ``text``) into the table; False + error on bad input."""
+        from napari_cass.engine import parse_classes
+
+        if text is None:
+            text = self.text.toPlainText()
+        else:
+            self.text.setPlainText(text)
+        try:
+            prompts = parse_classes(text)
+        except ValueError as err:
+            self.error.emit(str(err))
+            return False
+        self.set_classes(prompts)
+        return True
+
+    def load_benchmark(self, name: str) -> None:
+        from napari_cass.engine import benchmark_classes
+
+        if name not in ("", _CHOOSE_LIST):
+            self.background_edit.setText("")
+            self.set_classes(benchmark_classes(name))
+
+    def add_class(self, name: str | None = None, synonyms: Sequence[str] = ()) -> int:
+        """Append a class row (a fresh unique name if none is given); returns its label."""
+        existing = {self.table.item(r, _NAME).text().casefold() for r in range(self.table.rowCount())}
+        if name is None:
+            k = self.table.rowCount()
+            name = f"class {k}"
+            while name.casefold() in existing:
+                k += 1
+                name = f"class {k}"
+        row = self.table.rowCount()
+        self._updating = True
+        try:
+            self.table.insertRow(row)
+            self._fill_row(row, name, list(synonyms), default_colors(row + 1)[row])
+        finally:
+            self._updating = False
+        self._number_rows()
+        self.table.setCurrentCell(row, _NAME)
+        self.changed.emit()
+        return row
+
+    def remove_selected(self) -> None:
+        row = self.table.currentRow()
+        if row <= 0:
+            self.error.emit("Select a class row to remove (the background row stays).")
+            return
+        self.table.removeRow(row)
+        self._number_rows()
+        self.changed.emit()
+
+    def move_selected(self, step: int) -> None:
+        """Move the selected class up (-1) or down (+1); row 0 stays the background."""
+        row = self.table.currentRow()
+        target = row + step
+        if row <= 0 or target <= 0 or target >= self.table.rowCount():
+            return
+        self._updating = True
+        try:
+            for col in range(3):
+                a = self.table.takeItem(row, col)
+                b = self.table.takeItem(target, col)
+                self.table.setItem(row, col, b)
+                self.table.setItem(target, col, a)
+        finally:
+            self._updating = False
+        self.table.setCurrentCell(target, _NAME)
+        self.changed.emit()
+
+    def set_color(self, row: int, rgb: Sequence[int]) -> None:
+        item = self.table.item(row, _COLOR)
+        if item is not None and row > 0:
+            self._paint_swatch(item, np.asarray(rgb))
+            self.changed.emit()
+
+    def classes_text(self) -> str:
+        """The table in the one-class-per-line text format (for settings and .txt files)."""
+        lc = self.label_classes()
+        return "\n".join(", ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:]))
+
+    # ------------------------------------------------------------------ files
+    def load_file(self, path: str | Path) -> None:
+        """Load classes.json (with colours) or any file ``load_class_file`` reads."""
+        from napari_cass.engine import ClassPrompt, load_class_file
+
+        path = Path(path)
+        colors = None
+        if path.suffix.lower() == ".json":
+            try:
+                from napari_cass.io import read_classes_json
+
+                data = read_classes_json(path)
+                entries = sorted(data["classes"], key=lambda c: int(c["id"]))
+                background: list[str] = []
+                if entries and str(entries[0]["name"]).casefold() == BACKGROUND_NAME:
+                    background = [str(w) for w in entries[0].get("synonyms", [])]
+                else:  # a list without a background row: prepend one
+                    entries = [{"name": BACKGROUND_NAME, "color": [0, 0, 0]}, *entries]
+                prompts = [
+                    ClassPrompt.from_words([c["name"], *c.get("synonyms", [])], name=c["name"])
+                    for c in entries[1:]
+                ]
+                colors = np.asarray([c["color"] for c in entries], dtype=np.uint8)
+                self.background_edit.setText(", ".join(background))
+                self.set_classes(prompts, colors)
+                return
+            except (ValueError, KeyError, TypeError):
+                pass  # not our classes.json: fall back to the engine's loader
+        self.background_edit.setText("")
+        self.set_classes(load_class_file(path))
+
+    def save_file(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``.json`` (napari-cass classes.json) or text (one class per line)."""
+        path = Path(path)
+        lc = self.label_classes()
+        if path.suffix.lower() == ".json":
+            from napari_cass.io import write_classes_json
+
+            return Path(
+                write_classes_json(path, lc.names, lc.colors, lc.synonyms, overwrite=overwrite)
+            )
+        from napari_cass.io import atomic_write
+
+        lines = ["# napari-cass class list: one class per line, synonyms after commas"]
+        lines += [", ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:])]
+        with atomic_write(path, overwrite=overwrite) as tmp:
+            Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load class list", "", "Class lists (*.json *.txt);;All files (*)"
+        )
+        if path:
+            try:
+                self.load_file(path)
+            except (ValueError, OSError) as err:
+                self.error.emit(str(err))
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save class list", "classes.json", "classes.json (*.json);;Text (*.txt)"
+        )
+        if path:
+            try:  # the save dialog already asked before replacing an existing file
+                self.save_file(path, overwrite=True)
+            except (ValueError, OSError) as err:
+                self.error.emit(str(err))
+
+    # ----------------------------------------------------------------- events
+    def _on_cell_clicked(self, row: int, col: int) -> None:
+        if col != _COLOR or row == 0:
+            return
+        current = self.table.item(row, _COLOR).data(Qt.ItemDataRole.UserRole)
+        color = QColorDialog.getColor(QColor(*current), self, f"Colour of label {row}")
+        if color.isValid():
+            self.set_color(row, (color.red(), color.green(), color.blue()))
+
+    def _on_item_changed(self, item: QTableWidgetItem) -> None:
+        if not self._updating:
+            self.changed.emit()
+
+    def _on_background_changed(self, text: str) -> None:
+        item = self.table.item(0, _SYN)
+        if item is not None:
+            self._updating = True
+            item.setText(", ".join(_split_words(text)))
+            self._updating = False
+        self.changed.emit()
+
+    def _on_benchmark_chosen(self, index: int) -> None:
+        name = self.benchmark_combo.itemText(index)
+        self.benchmark_combo.setCurrentIndex(0)
+        try:
+            self.load_benchmark(name)
+        except ValueError as err:
+            self.error.emit(str(err))

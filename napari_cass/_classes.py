@@ -1,0 +1,160 @@
+"""Class lists as the plugin sees them: label k = row k, label 0 = background.
+
+Qt-free helpers shared by the class table, the widget, the writers and batch mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "BACKGROUND_NAME",
+    "META_KEY",
+    "LabelClasses",
+    "classes_from_layer_meta",
+    "default_colors",
+]
+
+BACKGROUND_NAME = "background"
+META_KEY = "napari_cass"
+
+
+def default_colors(n: int) -> np.ndarray:
+    """``(n, 3)`` uint8 colours for labels ``0..n-1`` (the shared VOC-style palette)."""
+    from napari_cass.io import label_palette
+
+    return np.asarray(label_palette(max(int(n), 1)), dtype=np.uint8)[:n]
+
+
+@dataclass
+class LabelClasses:
+    """Names, colours and synonyms of labels ``0..n-1`` (label 0 is always "background").
+
+    ``background_words`` are the words that describe label 0 to the engine; when
+    empty, the engine gets no background class and label 0 only holds pixels the
+    user erased or left unlabelled.
+    """
+
+    names: list[str]
+    colors: np.ndarray
+    synonyms: list[list[str]] = field(default_factory=list)
+    background_words: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
+        if not self.synonyms:
+            self.synonyms = [[] for _ in self.names]
+        if not (len(self.names) == len(self.colors) == len(self.synonyms)):
+            raise ValueError(
+                f"Class list is inconsistent: {len(self.names)} names, {len(self.colors)} colours, "
+                f"{len(self.synonyms)} synonym lists."
+            )
+        if not self.names or self.names[0] != BACKGROUND_NAME:
+            raise ValueError("Label 0 must be named 'background'.")
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.names)
+
+    def prompts(self) -> list[Any]:
+        """The engine's class prompts for labels ``1..n-1`` (ValueError if there are none)."""
+        from napari_cass.engine import ClassPrompt, normalize_classes
+
+        items = [
+            ClassPrompt.from_words([name, *syn], name=name)
+            for name, syn in zip(self.names[1:], self.synonyms[1:])
+        ]
+        for name in self.names[1:]:
+            if name.strip().casefold() == BACKGROUND_NAME:
+                raise ValueError(
+                    "'background' is reserved for label 0: remove that class and type the "
+                    "words that describe the background into 'Background words' instead."
+                )
+        if not items:
+            raise ValueError(
+                "The class list is empty: add at least one class (e.g. type "
+                "'person, car, road' and press Set)."
+            )
+        return normalize_classes(items)
+
+    def background(self) -> list[str] | None:
+        """The background words for the engine, or None for no background class."""
+        return list(self.background_words) or None
+
+    def label_offset(self, has_background: bool) -> int:
+        """Engine class i is label i + offset (0 when class 0 is the background)."""
+        return 0 if has_background else 1
+
+    def color_dict(self) -> dict[int | None, np.ndarray]:
+        """Label -> RGBA for napari's DirectLabelColormap; label 0 and unknown labels transparent."""
+        out: dict[int | None, np.ndarray] = {
+            None: np.zeros(4, dtype=np.float32),
+            0: np.zeros(4, dtype=np.float32),
+        }
+        for k in range(1, self.n_labels):
+            out[k] = np.array([*(self.colors[k] / 255.0), 1.0], dtype=np.float32)
+        return out
+
+    def features(self) -> dict[str, Any]:
+        """Columns for ``layer.features`` so napari shows the class name on hover."""
+        return {"index": np.arange(self.n_labels), "class": list(self.names)}
+
+    def to_meta(self, **extra: Any) -> dict[str, Any]:
+        """JSON-friendly dict stored in ``layer.metadata['napari_cass']``."""
+        return {
+            "names": list(self.names),
+            "colors": self.colors.astype(int).tolist(),
+            "synonyms": [list(s) for s in self.synonyms],
+            "background_words": list(self.background_words),
+            **extra,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> LabelClasses:
+        return cls(
+            names=[str(n) for n in meta["names"]],
+            colors=np.asarray(meta["colors"], dtype=np.uint8),
+            synonyms=[[str(w) for w in s] for s in meta.get("synonyms", [])] or [],
+            background_words=[str(w) for w in meta.get("background_words", [])],
+        )
+
+    @classmethod
+    def from_names(
+        cls,
+        names: Sequence[str],
+        synonyms: Sequence[Sequence[str]] | None = None,
+        background_words: Sequence[str] = (),
+    ) -> LabelClasses:
+        """Labels ``1..n`` named ``names``, default colours, label 0 = background."""
+        all_names = [BACKGROUND_NAME, *names]
+        syn = [list(background_words)] + [list(s) for s in (synonyms or [[] for _ in names])]
+        return cls(all_names, default_colors(len(all_names)), syn, list(background_words))
+
+
+def classes_from_layer_meta(
+    metadata: Mapping[str, Any] | None, features: Any, data: np.ndarray | None
+) -> LabelClasses:
+    """Best-effort class list of any Labels layer (ours, or a plain one)."""
+    meta = (metadata or {}).get(META_KEY)
+    if isinstance(meta, Mapping) and "names" in meta:
+        return LabelClasses.from_meta(meta)
+    names: list[str] = []
+    try:  # a features table with index/class columns (e.g. another plugin's)
+        idx = [int(i) for i in features["index"]]
+        cls_names = [str(c) for c in features["class"]]
+        n = max(idx) + 1 if idx else 0
+        names = [f"label {k}" for k in range(n)]
+        for i, c in zip(idx, cls_names):
+            names[i] = c
+    except (KeyError, TypeError, ValueError, IndexError):
+        names = []
+    n_data = int(np.max(data)) + 1 if data is not None and np.size(data) else 1
+    while len(names) < n_data:
+        names.append(f"label {len(names)}")
+    if not names:
+        names = [BACKGROUND_NAME]
+    names[0] = BACKGROUND_NAME
+    return LabelClasses(names, default_colors(len(names)), [[] for _ in names])

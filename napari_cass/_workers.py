@@ -1,0 +1,105 @@
+"""The segmentation job that runs off the GUI thread.
+
+:func:`run_job` is a generator: napari's ``thread_worker`` machinery runs it in
+a worker thread, and its yields (device used, slices done) arrive in the GUI
+thread. The engine's per-crop ``progress`` callback is called in the worker
+thread, so it goes through :class:`ProgressRelay`, a QObject whose signal Qt
+delivers to the GUI thread. Cancelling sets a ``threading.Event`` that the
+engine polls between crops (-> ``SegmentationCancelled``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+
+__all__ = ["SegmentJob", "ProgressRelay", "run_job", "friendly_error"]
+
+
+class ProgressRelay(QObject):
+    """Carries ``(fraction done, message)`` from the worker thread to the GUI thread."""
+
+    progressed = Signal(float, str)
+
+
+@dataclass
+class SegmentJob:
+    """Everything one run needs; built in the GUI thread, consumed in the worker."""
+
+    images: Sequence[np.ndarray]
+    classes: Sequence[Any]
+    background: list[str] | None
+    build: Callable[[], Any]
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    report: Callable[[float, str], None] | None = None
+
+
+def run_job(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
+    """Build (or reuse) the segmenter, then segment every image of the job.
+
+    Yields ``("device", name)`` once, then ``("slice", done, total)``; returns the
+    list of :class:`~napari_cass.engine.SegmentationResult`.
+    """
+    from napari_cass.engine import SegmentationCancelled
+
+    def report(fraction: float, message: str) -> None:
+        if job.report is not None:
+            job.report(float(min(max(fraction, 0.0), 1.0)), message)
+
+    report(0.0, "loading models…")
+    segmenter = job.build()
+    yield ("device", str(segmenter.device))
+    total = len(job.images)
+    results = []
+    for i, image in enumerate(job.images):
+        if job.cancel_event.is_set():
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+        def progress(done: int, steps: int, message: str, _i: int = i) -> None:
+            report((_i + done / max(steps, 1)) / total, message)
+
+        results.append(
+            segmenter.segment(
+                image, list(job.classes), progress=progress,
+                cancel=job.cancel_event.is_set, background=job.background,
+            )
+        )
+        report((i + 1) / total, f"slice {i + 1}/{total} done" if total > 1 else "done")
+        yield ("slice", i + 1, total)
+    return results
+
+
+def friendly_error(err: BaseException) -> tuple[str, bool]:
+    """The message to show for an error, and whether it is an expected one.
+
+    Expected errors (bad input, missing weights, cancel, out of GPU memory) get
+    the engine's own message and no traceback.
+    """
+    from napari_cass.engine import SegmentationCancelled
+
+    if isinstance(err, SegmentationCancelled):
+        return "Segmentation cancelled: the layers are unchanged.", True
+    if _is_oom(err):
+        return (
+            "Out of GPU memory while segmenting. Try a smaller image (or crop it), a smaller "
+            "backbone, or choose 'cpu' as the device.", True,
+        )
+    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
+        return str(err), True
+    return f"Segmentation failed ({type(err).__name__}): {err}", False
+
+
+def _is_oom(err: BaseException) -> bool:
+    try:
+        import torch
+
+        oom = getattr(torch.cuda, "OutOfMemoryError", None)
+        if oom is not None and isinstance(err, oom):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
