@@ -118,6 +118,7 @@ class CassWidget(QWidget):
         self._segmenter_key: tuple | None = None
         self._worker: Any = None
         self._running = False
+        self._status_final = False  # the last run wrote its final status line
         self._cancel_event: threading.Event | None = None
         self._pbar: Any = None
         self._pbar_value = 0
@@ -507,6 +508,7 @@ class CassWidget(QWidget):
 
             self._pbar = progress(total=100, desc="CASS segmentation")
             self._pbar_value = 0
+            self._status_final = False
             self.status_label.setText("segmenting…")
         else:
             if self._pbar is not None:
@@ -524,7 +526,9 @@ class CassWidget(QWidget):
         if value > self._pbar_value:
             pbar.update(value - self._pbar_value)
             self._pbar_value = value
-        if value < 100:  # the final line is written by _on_returned / _on_errored
+        # The final line is written by _on_returned / _on_errored; a progress signal
+        # queued from the worker thread may arrive after it and must not overwrite it.
+        if value < 100 and not self._status_final:
             self.status_label.setText(f"{value}% {message}")
 
     def _on_yielded(self, item: tuple) -> None:
@@ -539,6 +543,7 @@ class CassWidget(QWidget):
             show_info(message)
         else:
             show_error(message)
+        self._status_final = True
         self.status_label.setText(message)
 
     def _on_returned(self, ctx: _RunContext, results: list[Any]) -> None:
@@ -556,6 +561,7 @@ class CassWidget(QWidget):
             "slices": len(results),
         }
         note = " (image features re-used)" if cached else ""
+        self._status_final = True
         self.status_label.setText(f"done in {seconds:.1f} s{note}")
         if ctx.on_done is not None:
             ctx.on_done()

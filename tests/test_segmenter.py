@@ -180,3 +180,14 @@ def test_engine_import_pulls_no_qt_or_napari():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_out_of_gpu_memory_says_what_to_do(models, monkeypatch):
+    seg = make(models)
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(seg, "_segment", boom)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="batch_size=1.*device='cpu'"):
+        seg.segment(np.zeros((20, 20, 3), np.uint8), "cat")

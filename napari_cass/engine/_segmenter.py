@@ -159,6 +159,7 @@ class Segmenter:
         self._clusters: dict[tuple, np.ndarray] = {}
         self._omega: dict[tuple[int, int], torch.Tensor] = {}
         self._debug: dict | None = None  # set to a dict to collect intermediates (tests)
+        self.model_names: dict[str, str | None] = {}  # filled by from_pretrained
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -198,8 +199,6 @@ class Segmenter:
         seg = cls(clip_model, tokenizer, vfm_model, method=method, preset=preset, device=dev, **kwargs)
         seg.model_names = {"clip": clip, "clip_weights": str(clip_weights), "vfm": vfm if vfm_model else None}
         return seg
-
-    model_names: dict = {}
 
     # ------------------------------------------------------------------ settings
     def set_preset(self, preset: str | Preset) -> None:
@@ -245,6 +244,19 @@ class Segmenter:
         background : str or list of str, optional
             Words describing the background; they become class 0, "background".
         """
+        try:
+            return self._segment(image, classes, progress, cancel, background)
+        except torch.cuda.OutOfMemoryError:
+            self._cache.clear()
+            torch.cuda.empty_cache()
+            shape = getattr(image, "shape", "?")
+            raise torch.cuda.OutOfMemoryError(
+                f"Out of GPU memory on {self.device} while segmenting an image of shape {shape} "
+                f"(batch of {self.batch_size} crops). Try batch_size=1, a smaller backbone "
+                "(ViT-B-32 / dino_vitb16), a smaller image, or device='cpu'."
+            ) from None
+
+    def _segment(self, image, classes, progress, cancel, background) -> SegmentationResult:
         prompts = normalize_classes(classes)
         if background:
             words = [background] if isinstance(background, str) else list(background)
