@@ -318,3 +318,21 @@ def test_export_dataset_item_many_classes_uses_tiff(tmp_path: Path) -> None:
                                 label_palette(300))
     assert paths["mask"].suffix == ".tif"
     np.testing.assert_array_equal(read_label_image(paths["mask"]), labels)
+
+
+def test_atomic_write_gives_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from napari_cass.io import atomic_write
+
+    target = tmp_path / "out.txt"
+    with atomic_write(target) as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    os.chmod(target, 0o640)
+    with atomic_write(target, overwrite=True) as tmp:
+        tmp.write_text("y")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # replacing keeps the file's mode

@@ -19,6 +19,16 @@ _RESERVED = {
 _MAX_NAME = 120
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs should get the usual permissions (0666 & ~umask).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _exists_message(path: Path) -> str:
     return f"{path} exists; pass overwrite=True / --overwrite to replace it."
 
@@ -71,6 +81,9 @@ def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Itera
             raise RuntimeError(f"Nothing was written for {target}.")
         # Check again: another process may have created the target meanwhile.
         check_targets([target], overwrite)
+        mode = (target.stat().st_mode & 0o777) if target.exists() else _FILE_MODE
+        with contextlib.suppress(OSError):  # e.g. file systems without permissions
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
