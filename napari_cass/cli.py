@@ -35,7 +35,8 @@ examples:
   napari-cass segment images/ --classes-file classes.txt --background "sky, wall" --out masks
   napari-cass segment scans/ --recursive --classes "cell | nucleus, debris" --out out --overwrite
 
-Writes <out>/<stem>.png (indexed mask: pixel value = class index), <out>/<stem>_overlay.png
+Writes <out>/<stem>.png (indexed mask: value k = class k of classes.json, 0 = background),
+<out>/<stem>_overlay.png
 (quick look) and <out>/classes.json (index -> name, colour, synonyms).
 """
 
@@ -198,11 +199,18 @@ def _build_segmenter(args: argparse.Namespace) -> Any:
         )
 
 
-def _class_colours(n: int, has_background: bool) -> Any:
-    """VOC colours; without a background class every class gets a visible (non-black) colour."""
-    from .io import label_palette
+def _label_classes(classes: list[Any], has_background: bool) -> tuple[list[str], list[list[str]]]:
+    """Names and synonyms per mask value: value 0 is always "background" (as in the plugin).
 
-    return label_palette(n) if has_background else label_palette(n + 1)[1:]
+    Without a background class the engine's class k is written as value k + 1, so
+    value 0 stays free for unlabelled pixels and masks from the CLI and from napari
+    can be mixed in one dataset.
+    """
+    names = [c.name for c in classes]
+    synonyms = [list(c.queries) for c in classes]
+    if has_background:
+        return names, synonyms
+    return ["background", *names], [[], *synonyms]
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -210,7 +218,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .engine import ClassPrompt, load_class_file, normalize_classes
-    from .io import (atomic_write, check_targets, overlay_labels, write_classes_json,
+    from .io import (atomic_write, check_targets, label_palette, overlay_labels, write_classes_json,
                      write_indexed_png, write_label_tiff)
 
     if args.threads is not None and args.threads < 1:
@@ -226,8 +234,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if background:
         prompts = [ClassPrompt.from_words(background, name="background"), *prompts]
         normalize_classes(prompts)  # a background word reused as a class is an error
-    n_classes = len(prompts)
-    mask_suffix = ".png" if n_classes <= 256 else ".tif"
+    n_values = len(prompts) + (0 if background else 1)  # + value 0 when no background class
+    mask_suffix = ".png" if n_values <= 256 else ".tif"
     out: Path = args.out.expanduser()
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; give a folder.")
@@ -281,8 +289,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if written_classes is None:
             written_classes = list(result.classes)
             has_background = bool(result.has_background)
-            colours = _class_colours(len(written_classes), has_background)
-        labels = np.asarray(result.labels)
+            names, synonyms = _label_classes(written_classes, has_background)
+            colours = label_palette(len(names))
+        labels = np.asarray(result.labels) + (0 if result.has_background else 1)
         mask_path = out / f"{stem}{mask_suffix}"
         if mask_suffix == ".png":
             write_indexed_png(mask_path, labels, colours, overwrite=args.overwrite)
@@ -290,7 +299,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             write_label_tiff(mask_path, labels, overwrite=args.overwrite)
         from PIL import Image
 
-        quick_look = overlay_labels(image, labels, colours, alpha=0.5, skip_zero=result.has_background)
+        quick_look = overlay_labels(image, labels, colours, alpha=0.5, skip_zero=True)
         with atomic_write(out / f"{stem}_overlay.png", overwrite=args.overwrite) as tmp:
             Image.fromarray(quick_look).save(tmp, format="PNG")
     bar.close()
@@ -304,10 +313,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             "has_background": has_background,
             "napari_cass_version": __version__,
         }
-        write_classes_json(
-            classes_path, [c.name for c in written_classes], colours,
-            [list(c.queries) for c in written_classes], overwrite=args.overwrite, extra=extra,
-        )
+        write_classes_json(classes_path, names, colours, synonyms, overwrite=args.overwrite, extra=extra)
     done = len(images) - len(failures)
     print(f"Segmented {done} of {len(images)} image(s) into {out}.")
     if failures:

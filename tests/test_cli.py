@@ -114,7 +114,8 @@ def test_existing_outputs_are_refused_before_the_model_loads(tmp_path, fake_mode
     assert len(fake_models) == 2
 
 
-def test_cass_without_background_gives_every_class_a_colour(tmp_path, fake_models, capsys) -> None:
+def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, fake_models, capsys) -> None:
+    """Random-weight models: mask value 0 stays "background" (unlabelled), as in the plugin's exports."""
     _write_images(tmp_path / "in")
     classes_file = tmp_path / "classes.txt"
     classes_file.write_text("road, street\ncar\n")
@@ -123,10 +124,13 @@ def test_cass_without_background_gives_every_class_a_colour(tmp_path, fake_model
                    "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "classes.json").read_text())
-    assert [c["name"] for c in doc["classes"]] == ["road", "car"]
-    assert doc["classes"][0]["synonyms"] == ["road", "street"]
+    assert [c["name"] for c in doc["classes"]] == ["background", "road", "car"]
+    assert doc["classes"][1]["synonyms"] == ["road", "street"] and doc["classes"][0]["synonyms"] == []
     assert doc["has_background"] is False and doc["method"] == "cass"
-    assert all(c["color"] != [0, 0, 0] for c in doc["classes"])
+    assert doc["classes"][0]["color"] == [0, 0, 0]
+    assert all(c["color"] != [0, 0, 0] for c in doc["classes"][1:])
+    labels = read_label_image(out / "grey.png")
+    assert labels.min() >= 1 and labels.max() <= 2  # every pixel gets a class: values 1..2
     assert fake_models[0].method == "cass" and fake_models[0].clip == "ViT-B-16"
 
 
