@@ -36,8 +36,7 @@ examples:
   napari-cass segment scans/ --recursive --classes "cell | nucleus, debris" --out out --overwrite
 
 Writes <out>/<stem>.png (indexed mask: value k = class k of classes.json, 0 = background),
-<out>/<stem>_overlay.png
-(quick look) and <out>/classes.json (index -> name, colour, synonyms).
+<out>/<stem>_overlay.png (quick look) and <out>/classes.json (index -> name, colour, synonyms).
 """
 
 
