@@ -15,8 +15,10 @@ def test_accepted_images():
     assert as_rgb_float(grey).shape == (10, 12, 3)
     rgba = rng.integers(0, 255, (10, 12, 4), dtype=np.uint8)
     assert np.array_equal(as_rgb_float(rgba), rgba[..., :3].astype(np.float32))
-    u16 = np.full((4, 4), 65535, np.uint16)
-    assert as_rgb_float(u16).max() == pytest.approx(255.0)
+    u12 = np.array([[0, 1024], [2048, 4095]], np.uint16)  # 12-bit data in a uint16 image
+    out12 = as_rgb_float(u12)
+    assert out12.min() == 0 and out12.max() == pytest.approx(255.0)
+    assert out12[1, 0, 0] == pytest.approx(2048 / 4095 * 255, rel=1e-5)
     f01 = np.full((4, 4, 3), 0.5)
     assert as_rgb_float(f01).max() == pytest.approx(127.5)
     wide = np.linspace(-3, 7, 16).reshape(4, 4)

@@ -17,8 +17,10 @@ ACCEPTED_IMAGES = (
 def as_rgb_float(image) -> np.ndarray:
     """Validate ``image`` and return it as ``(H, W, 3)`` float32 on the 0..255 scale.
 
-    uint8 is taken as is, uint16 is divided by 257, other integers and floats are
-    min-max scaled to their own range (floats already in 0..1 or 0..255 keep their scale).
+    uint8 is taken as is. uint16 and other integers are min-max scaled to the range
+    they use (12-bit microscopy data would otherwise look black), as napari's default
+    contrast limits do; floats already in 0..1 or 0..255 keep their scale, other floats
+    are min-max scaled.
     Raises ``ValueError`` saying what is accepted.
     """
     if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
@@ -44,8 +46,6 @@ def as_rgb_float(image) -> np.ndarray:
         raise ValueError(f"Image of shape {image.shape} is too small: {ACCEPTED_IMAGES}.")
     if image.dtype == np.uint8:
         return rgb.astype(np.float32)
-    if image.dtype == np.uint16:
-        return rgb.astype(np.float32) / 257.0
     data = rgb.astype(np.float64)
     if not np.all(np.isfinite(data)):
         raise ValueError(f"The image contains NaN or infinite values: {ACCEPTED_IMAGES}.")
