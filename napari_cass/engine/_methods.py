@@ -106,6 +106,12 @@ def distilled_graph(
     Eigen-decompositions are batched over crops and heads; only the Hungarian
     solver (scipy) runs per crop.
     """
+    if clip_graph.device.type == "mps":  # no float64 on Apple GPUs: do this small step on the CPU
+        out = distilled_graph(
+            clip_graph.cpu(), vfm_graph.cpu(), k_eigen=k_eigen, rank=rank, lam=lam,
+            eigenscaling=eigenscaling, options=options, debug=debug,
+        )
+        return out.to(clip_graph.device)
     b, hc = clip_graph.shape[:2]
     hv = vfm_graph.shape[1]
     if options.matching:
