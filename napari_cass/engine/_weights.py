@@ -437,7 +437,7 @@ def _save_safetensors(state: dict[str, torch.Tensor], target: Path, spec: ModelS
                       origin: str, overwrite: bool) -> Path:
     from safetensors.torch import save_file
 
-    from napari_cass.io import atomic_write
+    from ..io import atomic_write
 
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     with atomic_write(target, overwrite=overwrite) as tmp:
