@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from napari_cass.engine._image import _opencv_linear_uint8, as_rgb_float, resize_image
 
