@@ -275,6 +275,22 @@ def test_folder_dataset_with_background(tmp_path: Path) -> None:
     np.testing.assert_array_equal(gt, gts["img1"])
 
 
+def test_folder_export_without_background_words_ignores_label_0(tmp_path: Path) -> None:
+    """What the plugin and the CLI export without background words: 0 = unlabelled."""
+    classes = [
+        {"id": 0, "name": "background", "color": [0, 0, 0], "synonyms": []},
+        {"id": 1, "name": "cell", "color": [128, 0, 0], "synonyms": ["cell"]},
+        {"id": 2, "name": "nucleus", "color": [0, 128, 0], "synonyms": []},
+    ]
+    gts = make_folder(tmp_path, classes, n=2)
+    ds = get_dataset("folder", tmp_path)
+    assert ds.reduce_zero_label and not ds.has_background
+    assert [c.name for c in ds.classes] == ["cell", "nucleus"] and ds.num_classes == 2
+    _, _, gt = ds[ds.index_of("img0")]
+    np.testing.assert_array_equal(gt, _reduced(gts["img0"]))
+    assert not type(ds).reduce_zero_label  # the class default is untouched
+
+
 def test_folder_dataset_errors(tmp_path: Path) -> None:
     classes = [{"id": 0, "name": "cell"}, {"id": 1, "name": "debris"}]
     make_folder(tmp_path, classes, n=2)

@@ -124,7 +124,7 @@ class SegDataset:
     title: ClassVar[str] = ""
     preset_name: ClassVar[str] = DEFAULT_PRESET
     class_list: ClassVar[str | None] = None
-    reduce_zero_label: ClassVar[bool] = False
+    reduce_zero_label: bool = False  # per instance for folders (see FolderDataset)
     default_split: ClassVar[str] = "val"
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
@@ -574,6 +574,12 @@ class FolderDataset(SegDataset):
         names = [p.name.casefold() for p in prompts]
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: class names must be unique.")
+        raw_words = [s for s in items[0].get("synonyms", []) or [] if s != items[0]["name"]]
+        if names[0] == "background" and not raw_words and len(prompts) > 1:
+            # Label 0 without background words is "unlabelled" (what the plugin and the CLI
+            # write when no --background was given): ignore it, as VOC20 / Context59 do.
+            self.reduce_zero_label = True
+            return prompts[1:]
         return prompts
 
 
