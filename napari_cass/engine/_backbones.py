@@ -141,11 +141,11 @@ class ClipVision:
         x = self._run_blocks(tokens.x, [self.last])
         return self.project(x[:, 0])
 
-    def qkv(self, tokens: ClipTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, tokens: ClipTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ln_1 + the last block's in-projection; q, k, v as ``(B, heads, N, d)``, CLS dropped.
 
         Computed in the sequence-first layout of the reference (same memory strides,
-        so the key graphs built from ``k`` are bit-identical). Also returns ln_1's output.
+        so the key graphs built from ``k`` are bit-identical).
         """
         attn = self.last.attn
         y = self.last.ln_1(tokens.x.transpose(0, 1))  # (T, B, D)
@@ -153,7 +153,7 @@ class ClipVision:
         h = self.num_heads
         q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (z.contiguous().view(t, b * h, -1).transpose(0, 1)[:, 1:].unflatten(0, (b, h)) for z in (q, k, v))
-        return q, k, v, y.transpose(0, 1)
+        return q, k, v
 
     def out_proj(self, heads_out: torch.Tensor) -> torch.Tensor:
         """``(B, heads, N, d)`` attention output -> ``(B, N, D)`` through out_proj."""

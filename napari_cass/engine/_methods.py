@@ -166,7 +166,7 @@ def patch_features(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """L2-normalised patch features ``(B, N, E)`` of ``method`` and their grid."""
     tokens = inputs.tokens
-    q, k, v, y = clip.qkv(tokens)
+    q, k, v = clip.qkv(tokens)
     scale = q.shape[-1] ** -0.5
     omega = inputs.omega
     grid = tokens.grid
