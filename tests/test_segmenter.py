@@ -191,3 +191,18 @@ def test_out_of_gpu_memory_says_what_to_do(models, monkeypatch):
     monkeypatch.setattr(seg, "_segment", boom)
     with pytest.raises(torch.cuda.OutOfMemoryError, match="batch_size=1.*device='cpu'"):
         seg.segment(np.zeros((20, 20, 3), np.uint8), "cat")
+
+
+def test_prompt_change_skips_image_conversion(models, image, monkeypatch):
+    """Random weights: a cache hit does not re-validate or re-convert the pixels."""
+    import napari_cass.engine._segmenter as S
+
+    seg = make(models)
+    seg.segment(image, "cat, dog")
+    calls = []
+    real = S.as_rgb_float
+    monkeypatch.setattr(S, "as_rgb_float", lambda im: calls.append(1) or real(im))
+    assert seg.segment(image, "cat, dog, road").from_cache
+    assert calls == []
+    assert not seg.segment(image[:, ::-1].copy(), "cat").from_cache
+    assert calls == [1]

@@ -262,21 +262,23 @@ class Segmenter:
             bg = ClassPrompt.from_words(words, name="background")
             prompts = [bg] + normalize_classes(prompts)
         has_background = prompts[0].name.casefold() == "background"
-        rgb_source = image
-        rgb = as_rgb_float(image)
         timer = _Timer(self.device)
         start = time.perf_counter()
-        key = self._cache_key(rgb_source, rgb)
-        vision = self._cache.get(key)
+        key = self._cache_key(image)
+        vision = self._cache.get(key) if key is not None else None
         from_cache = vision is not None
-        total = 2 + (0 if from_cache else self._vision_steps(rgb.shape[:2]))
-        report = _Reporter(progress, cancel, total)
         if vision is None:
-            vision = self._vision(rgb, rgb_source, report)
-            self._cache[key] = vision
+            # Only a cache miss pays for validation and float conversion: a hit means
+            # these exact pixels were validated before.
+            rgb = as_rgb_float(image)
+            report = _Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
+            vision = self._vision(rgb, report)
+            if key is not None:
+                self._cache[key] = vision
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         else:
+            report = _Reporter(progress, cancel, 2)
             self._cache.move_to_end(key)
         report.check()
         with torch.inference_mode():
@@ -311,9 +313,18 @@ class Segmenter:
             self.reference_quirks, id(self.clip_model), id(self.vfm_model),
         )
 
-    def _cache_key(self, source, rgb: np.ndarray) -> str:
-        arr = np.ascontiguousarray(np.asarray(source))
-        h = hashlib.blake2b(arr.view(np.uint8).reshape(-1).data, digest_size=16)
+    def _cache_key(self, image) -> str | None:
+        """Hash of the pixels, their shape and dtype, and every vision-side setting.
+
+        None for input that cannot be hashed as numbers (it is then validated, and refused).
+        """
+        try:
+            arr = np.ascontiguousarray(np.asarray(image))
+            if arr.dtype.kind not in "biuf":
+                return None
+            h = hashlib.blake2b(arr.view(np.uint8).reshape(-1).data, digest_size=16)
+        except (TypeError, ValueError):
+            return None
         h.update(repr((arr.shape, str(arr.dtype), self._vision_key())).encode())
         return h.hexdigest()
 
@@ -374,7 +385,7 @@ class Segmenter:
         return self._omega[key]
 
     @torch.inference_mode()
-    def _vision(self, rgb: np.ndarray, source, report: _Reporter) -> _Vision:
+    def _vision(self, rgb: np.ndarray, report: _Reporter) -> _Vision:
         p = self.preset
         timer = _Timer(self.device)
         with timer("resize"):
