@@ -84,10 +84,6 @@ class LabelClasses:
         """The background words for the engine, or None for no background class."""
         return list(self.background_words) or None
 
-    def label_offset(self, has_background: bool) -> int:
-        """Engine class i is label i + offset (0 when class 0 is the background)."""
-        return 0 if has_background else 1
-
     def color_dict(self) -> dict[int | None, np.ndarray]:
         """Label -> RGBA for napari's DirectLabelColormap; label 0 and unknown labels transparent."""
         out: dict[int | None, np.ndarray] = {

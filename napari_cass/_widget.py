@@ -599,13 +599,12 @@ class CassWidget(QWidget):
         has_background = False
         for lead, res in zip(ctx.leading, results):
             has_background = bool(res.has_background)
-            offset = classes.label_offset(res.has_background)
-            if len(res.classes) + offset != classes.n_labels:
+            if len(res.mask_classes) != classes.n_labels:
                 raise ValueError(
                     f"The engine returned {len(res.classes)} classes for a table of "
                     f"{classes.n_labels - 1}; please report this."
                 )
-            lab = np.asarray(res.labels).astype(dtype) + dtype(offset)
+            lab = res.mask(dtype)
             sub_new = new[lead]
             sub_where = where[lead]
             if ctx.bbox is None:

@@ -198,22 +198,7 @@ def _build_segmenter(args: argparse.Namespace) -> Any:
         )
 
 
-def _label_classes(classes: list[Any], has_background: bool) -> tuple[list[str], list[list[str]]]:
-    """Names and synonyms per mask value: value 0 is always "background" (as in the plugin).
-
-    Without a background class the engine's class k is written as value k + 1, so
-    value 0 stays free for unlabelled pixels and masks from the CLI and from napari
-    can be mixed in one dataset.
-    """
-    names = [c.name for c in classes]
-    synonyms = [list(c.queries) for c in classes]
-    if has_background:
-        return names, synonyms
-    return ["background", *names], [[], *synonyms]
-
-
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from .engine import ClassPrompt, load_class_file, normalize_classes
@@ -288,9 +273,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if written_classes is None:
             written_classes = list(result.classes)
             has_background = bool(result.has_background)
-            names, synonyms = _label_classes(written_classes, has_background)
+            mask_classes = result.mask_classes
+            names = [c.name for c in mask_classes]
+            synonyms = [list(c.queries) for c in mask_classes]
             colours = label_palette(len(names))
-        labels = np.asarray(result.labels) + (0 if result.has_background else 1)
+        labels = result.mask()
         mask_path = out / f"{stem}{mask_suffix}"
         if mask_suffix == ".png":
             write_indexed_png(mask_path, labels, colours, overwrite=args.overwrite)

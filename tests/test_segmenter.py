@@ -206,3 +206,16 @@ def test_prompt_change_skips_image_conversion(models, image, monkeypatch):
     assert calls == []
     assert not seg.segment(image[:, ::-1].copy(), "cat").from_cache
     assert calls == [1]
+
+
+def test_mask_convention_keeps_value_0_for_background(models, image):
+    """Random weights: without a background class, class k is mask value k + 1."""
+    seg = make(models)
+    res = seg.segment(image, "cat, dog")
+    assert res.label_offset == 1
+    assert np.array_equal(res.mask(np.uint8), res.labels + 1) and res.mask(np.uint8).dtype == np.uint8
+    assert [c.name for c in res.mask_classes] == ["background", "cat", "dog"]
+    assert res.mask_classes[0].queries == ()
+    bg = seg.segment(image, "cat", background="sky")
+    assert bg.label_offset == 0 and np.array_equal(bg.mask(), bg.labels)
+    assert [c.name for c in bg.mask_classes] == ["background", "cat"]

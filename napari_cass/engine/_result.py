@@ -48,6 +48,26 @@ class SegmentationResult:
         return [c.name for c in self.classes]
 
     @property
+    def label_offset(self) -> int:
+        """Mask value of class 0: 0 when it is the background, else 1.
+
+        Masks (napari layers, CLI and dataset exports) keep value 0 for background or
+        unlabelled pixels, so engine class ``k`` is written as ``k + label_offset``.
+        """
+        return 0 if self.has_background else 1
+
+    def mask(self, dtype=np.int32) -> np.ndarray:
+        """``(H, W)`` labels in the mask convention: 0 = background / unlabelled."""
+        return self.labels.astype(dtype) + np.asarray(self.label_offset, dtype=dtype)
+
+    @property
+    def mask_classes(self) -> list[ClassPrompt]:
+        """The class of every mask value, value 0 first (a word-less "background" if needed)."""
+        if self.has_background:
+            return list(self.classes)
+        return [ClassPrompt(name="background", queries=()), *self.classes]
+
+    @property
     def confidence(self) -> np.ndarray:
         """``(H, W)`` float32: the winning probability per pixel."""
         return self.probabilities.max(axis=0)
