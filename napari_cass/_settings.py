@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -85,17 +84,12 @@ def load_settings(use_preferences: bool = True) -> WidgetSettings:
 
 def save_settings(settings: WidgetSettings) -> Path | None:
     """Write the choices atomically; failures are ignored (remembering is a convenience)."""
+    from .io import atomic_write
+
     path = settings_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".widget-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(asdict(settings), fh, indent=2)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
     except OSError:
         return None
     return path
