@@ -7,10 +7,11 @@ asked to, and writes atomically.
 
 from __future__ import annotations
 
-from ._atomic import atomic_write, check_targets, safe_filename
+from ._atomic import atomic_write, check_targets
 from ._classes_json import CLASSES_FORMAT, read_classes_json, write_classes_json
 from ._coco import labels_to_coco
 from ._dataset import export_dataset_item
+from ._names import safe_filename, unique_filenames
 from ._masks import read_label_image, write_indexed_png, write_label_tiff
 from ._overlay import overlay_labels, to_uint8_rgb
 from ._palette import label_palette
@@ -27,6 +28,7 @@ __all__ = [
     "read_label_image",
     "safe_filename",
     "to_uint8_rgb",
+    "unique_filenames",
     "write_classes_json",
     "write_indexed_png",
     "write_label_tiff",

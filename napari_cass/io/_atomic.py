@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "check_targets", "safe_filename"]
+__all__ = ["atomic_write", "check_targets"]
 
-_RESERVED = {
-    "CON", "PRN", "AUX", "NUL",
-    *(f"COM{i}" for i in range(1, 10)),
-    *(f"LPT{i}" for i in range(1, 10)),
-}
-_MAX_NAME = 120
 
 
 def _umask() -> int:
@@ -89,25 +82,3 @@ def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Itera
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-
-
-def safe_filename(name: str, max_length: int = _MAX_NAME) -> str:
-    """Turn any text (a class name, an image layer name) into a portable file name.
-
-    Keeps letters, digits, ``-``, ``_`` and ``.``; everything else becomes ``_``.
-    No leading dots (hidden files), never empty, never a reserved Windows device
-    name, and at most ``max_length`` characters.
-    """
-    if not isinstance(name, str):
-        name = str(name)
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name.strip())
-    cleaned = re.sub(r"\.{2,}", "_", cleaned)  # no ".." path fragments
-    cleaned = re.sub(r"_+", "_", cleaned)
-    cleaned = cleaned.strip("._ ")
-    if not cleaned.strip("_"):
-        cleaned = "unnamed"
-    if cleaned.split(".")[0].upper() in _RESERVED:
-        cleaned = f"_{cleaned}"
-    if len(cleaned) > max_length:
-        cleaned = cleaned[:max_length].rstrip(". ")
-    return cleaned

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write, check_targets, safe_filename
+from ._atomic import atomic_write, check_targets
+from ._names import safe_filename
 from ._classes_json import classes_table, read_classes_json, write_classes_json
 from ._masks import write_indexed_png, write_label_tiff
 from ._overlay import to_uint8_rgb

@@ -1,0 +1,98 @@
+"""Portable, letter-keeping file names built from user text (image names, class names).
+
+Users label photos called ``café.jpg`` or ``猫.png``; an ASCII-only sanitiser turns those
+into ``caf`` or ``unnamed`` and makes two images write one mask. Here only what is
+illegal somewhere is replaced: path separators, the characters Windows forbids, control
+characters, reserved device names and trailing dots/spaces. Everything else, letters of any
+script included, is kept (NFC-normalised, so macOS and Linux spell a name the same way).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+__all__ = ["safe_filename", "unique_filenames"]
+
+_RESERVED = {
+    "CON", "PRN", "AUX", "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
+# Path separators, characters Windows forbids in names, and control characters.
+_ILLEGAL = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
+_MAX_CHARS = 120
+# Most file systems allow 255 bytes per name; leave room for suffixes and extensions.
+_MAX_BYTES = 200
+
+
+def safe_filename(name: object, max_length: int = _MAX_CHARS) -> str:
+    """Turn any text into a file name that is valid on Windows, macOS and Linux.
+
+    Parameters
+    ----------
+    name : object
+        The text (converted with ``str``), e.g. an image stem or a class name.
+    max_length : int
+        Maximum number of characters; the UTF-8 length is also kept under 200 bytes.
+
+    Returns
+    -------
+    str
+        The name, NFC-normalised, with path separators, Windows-illegal and control
+        characters replaced by ``_``; no leading dots (hidden files, ``..``), no trailing
+        dots or spaces (Windows drops them), never a reserved device name (``CON``...),
+        never empty (``"unnamed"``). Letters of every script are kept.
+    """
+    text = unicodedata.normalize("NFC", str(name)).strip()
+    cleaned = _ILLEGAL.sub("_", text)
+    cleaned = re.sub(r"_{2,}", "_", cleaned)
+    cleaned = cleaned.lstrip(". ").rstrip(". ")
+    if not cleaned.strip("_ "):
+        cleaned = "unnamed"
+    if cleaned.split(".")[0].strip().upper() in _RESERVED:
+        cleaned = f"_{cleaned}"
+    if len(cleaned) > max_length:
+        cleaned = cleaned[:max_length]
+    while len(cleaned.encode("utf-8")) > _MAX_BYTES:
+        cleaned = cleaned[:-1]
+    cleaned = cleaned.rstrip(". ")
+    return cleaned or "unnamed"
+
+
+def _key(name: str) -> str:
+    """How a case-insensitive file system (Windows, macOS) compares two names."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def unique_filenames(names: Sequence[object], taken: Iterable[str] = ()) -> list[str]:
+    """Safe names for ``names``, pairwise distinct even on case-insensitive file systems.
+
+    Parameters
+    ----------
+    names : sequence
+        Texts to turn into names, in order (e.g. the stems of the images of a folder).
+    taken : iterable of str
+        Names already in use that must not be produced (compared case-insensitively).
+
+    Returns
+    -------
+    list of str
+        ``safe_filename`` of each input; where two collide (``Café`` and ``café``, or two
+        inputs that differ only in illegal characters), the later one gets ``_2``, ``_3``...
+        The result depends only on the inputs and their order, so a re-run over the same
+        folder maps every input to the same name. Callers record the original names
+        (e.g. in run metadata) so a name can always be traced back.
+    """
+    used = {_key(t) for t in taken}
+    out: list[str] = []
+    for name in names:
+        base = safe_filename(name)
+        candidate, n = base, 1
+        while _key(candidate) in used:
+            n += 1
+            candidate = f"{base}_{n}"
+        used.add(_key(candidate))
+        out.append(candidate)
+    return out
