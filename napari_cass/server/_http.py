@@ -1,0 +1,109 @@
+"""A minimal blocking HTTP transport: httpx when installed, else the standard library.
+
+Both return ``(status, headers, body)`` and raise :class:`ConnectionFailed` for a
+server that cannot be reached or does not answer in time, so the client never hangs
+and never needs to know which library carried the request.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+
+__all__ = ["ConnectionFailed", "Transport", "make_transport"]
+
+
+class ConnectionFailed(OSError):
+    """No HTTP answer: refused, reset, unreachable, or timed out (``timed_out`` says which)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Transport:
+    """Interface: ``request(method, url, body, headers, timeout) -> (status, headers, body)``."""
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                timeout: float) -> tuple[int, dict[str, str], bytes]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _HttpxTransport(Transport):
+    """httpx with one pooled client per thread (keep-alive; no client shared across threads)."""
+
+    def __init__(self, connect_timeout: float):
+        import httpx
+
+        self._httpx = httpx
+        self._connect = connect_timeout
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._httpx.Client(trust_env=False)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def request(self, method, url, body, headers, timeout):
+        httpx = self._httpx
+        t = httpx.Timeout(timeout, connect=min(self._connect, timeout))
+        try:
+            r = self._client().request(method, url, content=body, headers=headers, timeout=t)
+        except httpx.TimeoutException as exc:
+            raise ConnectionFailed(f"no answer within {timeout:g} s ({type(exc).__name__})", True) from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+        return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            c.close()
+
+
+class _UrllibTransport(Transport):
+    """The standard library: one connection per request, no extra dependency."""
+
+    def __init__(self, connect_timeout: float):
+        self._connect = connect_timeout
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def request(self, method, url, body, headers, timeout):
+        req = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with self._opener.open(req, timeout=timeout) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+        except TimeoutError:
+            raise ConnectionFailed(f"no answer within {timeout:g} s", True) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                raise ConnectionFailed(f"no answer within {timeout:g} s", True) from None
+            raise ConnectionFailed(f"{type(reason).__name__}: {reason}") from None
+
+
+def make_transport(backend: str = "auto", connect_timeout: float = 5.0) -> Transport:
+    """``"httpx"``, ``"urllib"`` or ``"auto"`` (httpx when importable)."""
+    if backend not in ("auto", "httpx", "urllib"):
+        raise ValueError(f"Unknown HTTP backend {backend!r}: use 'auto', 'httpx' or 'urllib'.")
+    if backend in ("auto", "httpx"):
+        try:
+            return _HttpxTransport(connect_timeout)
+        except ImportError:
+            if backend == "httpx":
+                raise
+    return _UrllibTransport(connect_timeout)
