@@ -5,11 +5,29 @@ dataset layout of :func:`napari_cass.io.export_dataset_item`: ``images/``,
 ``masks/``, ``classes.json``) and keeps ``progress.json`` in the output folder so
 a session resumes where the user left off. It imports no Qt: the Qt panel in
 :mod:`napari_cass._batch` and the widget call it.
+
+Why it looks the way it does:
+
+* Mask names keep the letters of the image names (``猫.png`` -> ``masks/猫.png``)
+  and are collision-free even on case-insensitive file systems
+  (:func:`napari_cass.io.unique_filenames`). ``progress.json`` records, per
+  original image name, the mask name it got, and a resume maps by that record:
+  images added, removed or renamed between sessions never inherit another
+  image's mask.
+* Saving is cheap and atomic, so the widget may call :meth:`BatchSession.save_if_changed`
+  after every edit and on close: an unchanged mask is not rewritten, and the
+  image copy is written once per session.
+* The class list may grow during a batch (new classes appended): ``classes.json``
+  is updated and earlier masks keep their meaning. Renaming, reordering or
+  removing saved classes is refused, since saved pixel values would change meaning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,19 +40,50 @@ __all__ = ["IMAGE_SUFFIXES", "PROGRESS_FILE", "BatchSession"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PROGRESS_FILE = "progress.json"
-_FORMAT = "napari-cass/batch@1"
+CLASSES_FILE = "classes.json"
+_FORMAT = "napari-cass/batch@2"
+_MASK_SUFFIXES = (".png", ".tif")
+# napari_cass.io.atomic_write writes ".<stem>.<random>.tmp<suffix>" next to the target.
+_TEMP_FILE = re.compile(r"^\..*\.tmp\.(png|tif|tiff|json)$")
+
+
+def _key(name: str) -> str:
+    """The name an image is recorded under (NFC: macOS and Linux spell it alike)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _digest(labels: np.ndarray) -> str:
+    arr = np.ascontiguousarray(labels)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _class_rows(doc: dict[str, Any]) -> list[tuple[str, list[int], list[str]]]:
+    return [(c["name"], list(c["color"]), list(c["synonyms"])) for c in doc["classes"]]
 
 
 class BatchSession:
     """Images of one folder, their saved masks, and the resume point.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` with what to do when a folder
-    is missing, holds no image, or the output folder belongs to another batch.
+    Parameters
+    ----------
+    image_dir : str or Path
+        The folder of images (``IMAGE_SUFFIXES``; hidden files skipped).
+    output_dir : str or Path
+        The dataset folder: ``images/``, ``masks/``, ``classes.json`` and
+        ``progress.json``. Created if missing. Temporary files left by a save
+        that was killed are removed here.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        With what to do, when a folder is missing, holds no image, or the output
+        folder belongs to another batch.
     """
 
     def __init__(self, image_dir: str | Path, output_dir: str | Path) -> None:
-        from napari_cass.io import safe_filename
-
         self.image_dir = Path(image_dir).expanduser()
         self.output_dir = Path(output_dir).expanduser()
         if not self.image_dir.is_dir():
@@ -49,30 +98,51 @@ class BatchSession:
             raise ValueError(
                 f"No image in {self.image_dir} (looked for {', '.join(IMAGE_SUFFIXES)})."
             )
-        self.stems: list[str] = []
-        seen: set[str] = set()
-        for p in self.images:  # a.png and a.jpg must not share one mask
-            stem = safe_filename(p.stem)
-            if stem.casefold() in seen:
-                stem = safe_filename(f"{p.stem}_{p.suffix.lstrip('.')}")
-            seen.add(stem.casefold())
-            self.stems.append(stem)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.removed_temp_files = self._remove_temp_files()
         self.index = 0
         self.saved: set[str] = set()
-        self._load_progress()
+        # original image name -> mask stem; kept for images that left the folder too,
+        # so their mask names are never handed to another image.
+        self._mask_names: dict[str, str] = {}
+        self._digests: dict[int, str] = {}
+        self._image_written: set[int] = set()
+        data = self._read_progress()
+        recorded = dict(self._mask_names)
+        renamed = self._match_recorded()
+        self._restore_position(data, renamed)
+        self.stems = self._assign_new_stems()
+        if self._mask_names != recorded:
+            self.save_progress()  # every mask name is on record before a mask is written
 
-    # -------------------------------------------------------------- progress
+    # ----------------------------------------------------------- bookkeeping
+    def _remove_temp_files(self) -> list[Path]:
+        removed = []
+        for folder in (self.output_dir, self.output_dir / "images", self.output_dir / "masks"):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if _TEMP_FILE.match(p.name) and p.is_file():
+                    try:
+                        p.unlink()
+                        removed.append(p)
+                    except OSError:
+                        pass  # in use or read-only: harmless, it is hidden and never read
+        return removed
+
     @property
     def progress_path(self) -> Path:
+        """``progress.json`` in the output folder."""
         return self.output_dir / PROGRESS_FILE
 
-    def _load_progress(self) -> None:
+    def _read_progress(self) -> dict[str, Any]:
         path = self.progress_path
         if not path.is_file():
-            return
+            return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
             raise ValueError(
                 f"{path} is unreadable ({err}); delete it or choose another output folder."
@@ -83,16 +153,54 @@ class BatchSession:
                 f"{self.output_dir} holds the batch of another image folder ({recorded}); "
                 "choose another output folder."
             )
+        masks = data.get("masks")
+        if isinstance(masks, dict):
+            self._mask_names = {str(k): str(v) for k, v in masks.items()}
+        return data
+
+    def _match_recorded(self) -> dict[str, str]:
+        """Re-key records whose image now has another Unicode spelling (NFD <-> NFC).
+
+        Returns the renames ``{recorded name: name in the folder}``.
+        """
+        present = {p.name for p in self.images}
+        orphans: dict[str, str] = {}
+        for name in self._mask_names:
+            if name not in present:
+                orphans.setdefault(_key(name), name)
+        renamed = {}
+        for p in self.images:
+            if p.name in self._mask_names:
+                continue
+            old = orphans.pop(_key(p.name), None)
+            if old is not None:
+                self._mask_names[p.name] = self._mask_names.pop(old)
+                renamed[old] = p.name
+        return renamed
+
+    def _restore_position(self, data: dict[str, Any], renamed: dict[str, str]) -> None:
         names = [p.name for p in self.images]
-        current = data.get("current")
+        current = str(data.get("current", ""))
+        current = renamed.get(current, current)
         if current in names:
             self.index = names.index(current)
-        else:
+        elif data:
             self.index = int(np.clip(int(data.get("index", 0)), 0, len(self.images) - 1))
-        self.saved = {n for n in data.get("saved", []) if n in names}
+        saved = {renamed.get(str(n), str(n)) for n in data.get("saved", [])}
+        self.saved = saved & set(names)
+
+    def _assign_new_stems(self) -> list[str]:
+        """Mask names: the recorded one for known images, new collision-free ones otherwise."""
+        from napari_cass.io import unique_filenames
+
+        new = [p for p in self.images if p.name not in self._mask_names]
+        fresh = unique_filenames([p.stem for p in new], taken=self._mask_names.values())
+        for p, stem in zip(new, fresh):
+            self._mask_names[p.name] = stem
+        return [self._mask_names[p.name] for p in self.images]
 
     def save_progress(self) -> Path:
-        """Remember the current image (written atomically; this file is ours to replace)."""
+        """Write ``progress.json`` atomically: resume point, saved images, mask names."""
         from napari_cass.io import atomic_write
 
         doc = {
@@ -102,9 +210,10 @@ class BatchSession:
             "current": self.images[self.index].name,
             "saved": sorted(self.saved),
             "total": len(self.images),
+            "masks": dict(sorted(self._mask_names.items())),
         }
         with atomic_write(self.progress_path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
         return self.progress_path
 
     # ---------------------------------------------------------------- images
@@ -113,19 +222,27 @@ class BatchSession:
 
     @property
     def current(self) -> Path:
+        """The image being annotated."""
         return self.images[self.index]
 
+    def _i(self, index: int | None) -> int:
+        i = self.index if index is None else int(index)
+        if not 0 <= i < len(self.images):
+            raise IndexError(f"Image index {i} is outside 0..{len(self.images) - 1}.")
+        return i
+
     def mask_path(self, index: int | None = None) -> Path | None:
-        """The saved mask of an image (``masks/<stem>.png`` or ``.tif``), or None."""
-        stem = self.stems[self.index if index is None else index]
-        for suffix in (".png", ".tif"):
-            p = self.output_dir / "masks" / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-        return None
+        """The saved mask of an image (``masks/<name>.png`` or ``.tif``), or None.
+
+        If both exist (a save that changed format was killed), the newer one.
+        """
+        stem = self.stems[self._i(index)]
+        found = [p for s in _MASK_SUFFIXES if (p := self.output_dir / "masks" / f"{stem}{s}").is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def read_image(self, index: int | None = None) -> np.ndarray:
-        path = self.images[self.index if index is None else index]
+        """The pixels of an image (ValueError naming the file if it cannot be decoded)."""
+        path = self.images[self._i(index)]
         try:
             if path.suffix.lower() in (".tif", ".tiff"):
                 import tifffile
@@ -138,34 +255,116 @@ class BatchSession:
             raise ValueError(f"Cannot read {path.name}: {err}") from None
 
     def load_mask(self, index: int | None = None) -> np.ndarray | None:
+        """The saved mask as a writable, C-contiguous array (napari paints into it), or None."""
         from napari_cass.io import read_label_image
 
-        path = self.mask_path(index)
-        return None if path is None else np.asarray(read_label_image(path))
+        i = self._i(index)
+        path = self.mask_path(i)
+        if path is None:
+            return None
+        mask = np.array(read_label_image(path), copy=True, order="C")
+        self._digests[i] = _digest(mask)
+        return mask
 
     def saved_classes(self) -> dict[str, Any] | None:
+        """The validated ``classes.json`` of the output folder, or None before the first save."""
         from napari_cass.io import read_classes_json
 
-        path = self.output_dir / "classes.json"
+        path = self.output_dir / CLASSES_FILE
         return read_classes_json(path) if path.is_file() else None
+
+    # ---------------------------------------------------------------- saving
+    def _update_classes(self, classes: LabelClasses) -> Path | None:
+        """Write ``classes.json`` if ``classes`` differs from it; refuse incompatible lists."""
+        from napari_cass.io import write_classes_json
+
+        path = self.output_dir / CLASSES_FILE
+        doc = self.saved_classes()
+        new_rows = list(zip(classes.names, classes.colors.astype(int).tolist(),
+                            [list(s) for s in classes.synonyms]))
+        extra: dict[str, Any] = {}
+        if doc is not None:
+            old_names = [c["name"] for c in doc["classes"]]
+            _check_extends(path, old_names, list(classes.names))
+            if _class_rows(doc) == new_rows:
+                return None
+            extra = {k: v for k, v in doc.items() if k not in ("format", "classes")}
+        return write_classes_json(path, classes.names, classes.colors, classes.synonyms,
+                                  overwrite=True, extra=extra or None)
 
     def save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
              index: int | None = None) -> dict[str, Path]:
-        """Save (or re-save) one image's corrected mask into the dataset folder.
+        """Save (or re-save) one image's mask into the dataset folder, atomically.
 
-        Re-saving the mask of the same image is the auto-save the user expects;
-        a ``classes.json`` listing other classes is refused by the exporter.
+        Parameters
+        ----------
+        image : ndarray
+            The image (copied to ``images/<name>.png`` once per session).
+        labels : ndarray
+            The (H, W) mask; every value must be a label of ``classes``.
+        classes : LabelClasses
+            The class list; it may extend the saved ``classes.json`` (new classes
+            at the end), which is then updated. Renamed, reordered or removed
+            classes are refused with a ``ValueError`` saying what differs.
+        index : int, optional
+            The image (default: the current one).
+
+        Returns
+        -------
+        dict
+            ``{"image", "mask", "classes"}``: the paths of the dataset item.
         """
-        from napari_cass.io import export_dataset_item
+        return self._save(image, labels, classes, index, force=True)
 
-        i = self.index if index is None else index
-        paths = export_dataset_item(
-            self.output_dir, self.stems[i], image, labels, classes.names, classes.colors,
-            overwrite=True, synonyms=classes.synonyms,
-        )
-        self.saved.add(self.images[i].name)
-        self.save_progress()
-        return paths
+    def save_if_changed(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
+                        index: int | None = None) -> dict[str, Path]:
+        """Like :meth:`save`, but write only what changed since the last save or load.
+
+        Cheap enough to call after every edit and on close. Returns the paths
+        written (``"mask"``, ``"classes"``, ``"image"``): empty when nothing changed.
+        """
+        return self._save(image, labels, classes, index, force=False)
+
+    def _save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
+              index: int | None, force: bool) -> dict[str, Path]:
+        from napari_cass.io import atomic_write, to_uint8_rgb, write_indexed_png, write_label_tiff
+
+        i = self._i(index)
+        lab = _check_labels(labels, np.shape(image), classes, self.images[i].name)
+        stem = self.stems[i]
+        mask_suffix = ".png" if classes.n_labels <= 256 else ".tif"
+        paths = {
+            "image": self.output_dir / "images" / f"{stem}.png",
+            "mask": self.output_dir / "masks" / f"{stem}{mask_suffix}",
+            "classes": self.output_dir / CLASSES_FILE,
+        }
+        written: dict[str, Path] = {}
+        if self._update_classes(classes) is not None:  # first: classes.json covers every mask
+            written["classes"] = paths["classes"]
+        if i not in self._image_written or not paths["image"].is_file():
+            from PIL import Image
+
+            rgb = to_uint8_rgb(image)
+            with atomic_write(paths["image"], overwrite=True) as tmp:
+                Image.fromarray(rgb).save(tmp, format="PNG")
+            self._image_written.add(i)
+            written["image"] = paths["image"]
+        digest = _digest(lab)
+        if force or self._digests.get(i) != digest or self.mask_path(i) != paths["mask"]:
+            if mask_suffix == ".png":
+                write_indexed_png(paths["mask"], lab, classes.colors, overwrite=True)
+            else:
+                write_label_tiff(paths["mask"], lab, overwrite=True)
+            self._digests[i] = digest
+            written["mask"] = paths["mask"]
+            for other in _MASK_SUFFIXES:  # e.g. .png -> .tif once a class list passes 256
+                stale = self.output_dir / "masks" / f"{stem}{other}"
+                if other != mask_suffix and stale.is_file():
+                    stale.unlink()
+        if self.images[i].name not in self.saved:
+            self.saved.add(self.images[i].name)
+            self.save_progress()
+        return paths if force else written
 
     def go(self, step: int) -> bool:
         """Move by ``step`` images; False at either end of the folder."""
@@ -175,3 +374,43 @@ class BatchSession:
         self.index = target
         self.save_progress()
         return True
+
+
+def _check_extends(path: Path, old: list[str], new: list[str]) -> None:
+    """Refuse a class list that is not ``old`` with classes appended, saying what differs."""
+    if new[: len(old)] == old:
+        return
+    missing = [n for n in old if n not in new]
+    moved = [f"'{n}' (label {old.index(n)} -> {new.index(n)})" for n in old
+             if n in new and new.index(n) != old.index(n)]
+    if missing:
+        what = f"{', '.join(repr(n) for n in missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    elif moved:
+        what = f"classes moved: {', '.join(moved)}"
+    else:
+        what = "the class order differs"
+    raise ValueError(
+        f"The class list does not match {path} ({what}): masks saved in this batch would "
+        f"change meaning. Keep the saved classes in order ({', '.join(old)}) and add new "
+        "classes at the end, or choose another output folder."
+    )
+
+
+def _check_labels(labels: np.ndarray, image_shape: tuple[int, ...], classes: LabelClasses,
+                  name: str) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.shape != tuple(image_shape[:2]):
+        raise ValueError(
+            f"The mask of {name} has shape {lab.shape}, but the image is "
+            f"{tuple(image_shape[:2])} (height, width): a batch mask is one 2-D label image "
+            "of the image's size."
+        )
+    if lab.size:
+        low, top = int(lab.min()), int(lab.max())
+        if low < 0 or top >= classes.n_labels:
+            bad = low if low < 0 else top
+            raise ValueError(
+                f"The mask of {name} holds label {bad}, but the class list has labels "
+                f"0..{classes.n_labels - 1}: add a class for it or erase those pixels, then save."
+            )
+    return lab

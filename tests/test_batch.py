@@ -1,4 +1,4 @@
-"""Batch mode: the Qt-free session (listing, saving, progress.json) and the widget flow.
+"""Batch mode: the widget flow (the Qt-free session is tested in test_batch_session.py).
 
 Widget tests segment with tiny random-weight models: the masks are meaningless,
 only saving, resuming and navigation are checked.
@@ -6,14 +6,10 @@ only saving, resuming and navigation are checked.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from napari_cass._batch import PROGRESS_FILE, BatchSession
-from napari_cass._classes import LabelClasses
 from napari_cass.io import read_classes_json, read_label_image
 
 
@@ -30,56 +26,6 @@ def _write_images(folder: Path, n: int = 3) -> list[Path]:
         iio.imwrite(p, img)
         paths.append(p)
     return paths
-
-
-def test_session_lists_saves_and_resumes(tmp_path: Path) -> None:
-    _write_images(tmp_path / "in", 3)
-    (tmp_path / "in" / "notes.txt").write_text("not an image")
-    s = BatchSession(tmp_path / "in", tmp_path / "out")
-    assert [p.name for p in s.images] == ["img_00.png", "img_01.png", "img_02.png"]
-    assert s.index == 0 and s.mask_path() is None
-    classes = LabelClasses.from_names(["cat", "dog"])
-    labels = np.ones((32, 40), np.uint8)
-    labels[:5] = 2
-    paths = s.save(s.read_image(), labels, classes)
-    assert paths["mask"] == tmp_path / "out" / "masks" / "img_00.png"
-    assert (tmp_path / "out" / "images" / "img_00.png").is_file()
-    assert s.go(1) and s.go(1) and not s.go(1)
-    progress = json.loads((tmp_path / "out" / PROGRESS_FILE).read_text())
-    assert progress["current"] == "img_02.png" and progress["saved"] == ["img_00.png"]
-
-    again = BatchSession(tmp_path / "in", tmp_path / "out")
-    assert again.index == 2 and again.saved == {"img_00.png"}
-    np.testing.assert_array_equal(again.load_mask(0), labels)
-    assert [c["name"] for c in again.saved_classes()["classes"]] == ["background", "cat", "dog"]
-    # a different class list cannot silently reuse this dataset folder
-    with pytest.raises(ValueError, match="other classes"):
-        again.save(again.read_image(1), labels, LabelClasses.from_names(["car", "road"]), index=1)
-
-
-def test_session_bad_folders(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
-        BatchSession(tmp_path / "missing", tmp_path / "out")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="No image"):
-        BatchSession(tmp_path / "empty", tmp_path / "out")
-    _write_images(tmp_path / "a", 1)
-    _write_images(tmp_path / "b", 1)
-    BatchSession(tmp_path / "a", tmp_path / "out").save_progress()
-    with pytest.raises(ValueError, match="another image folder"):
-        BatchSession(tmp_path / "b", tmp_path / "out")
-    with pytest.raises(ValueError, match="different from the image folder"):
-        BatchSession(tmp_path / "a", tmp_path / "a")
-
-
-def test_session_distinct_stems(tmp_path: Path) -> None:
-    import imageio.v3 as iio
-
-    (tmp_path / "in").mkdir()
-    iio.imwrite(tmp_path / "in" / "x y.png", np.zeros((8, 8, 3), np.uint8))
-    iio.imwrite(tmp_path / "in" / "x y.bmp", np.zeros((8, 8, 3), np.uint8))
-    s = BatchSession(tmp_path / "in", tmp_path / "out")
-    assert len(set(s.stems)) == 2 and all(" " not in st for st in s.stems)
 
 
 def test_widget_batch_saves_and_resumes(cass_widget, make_napari_viewer, tiny_factory,
