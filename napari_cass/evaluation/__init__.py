@@ -43,7 +43,9 @@ _EXPORTS: dict[str, str] = {
     "RunSpec": "._runner",
     "EvalRun": "._runner",
     "evaluate": "._runner",
-    "finish_run": "._runner",
+    "finish_run": "._results",
+    "scan_dataset": "._prescan",
+    "ScanResult": "._prescan",
     "segment_for_dataset": "._runner",
     # command line
     "add_eval_parser": "._cli",
@@ -77,4 +79,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._paper import (
         ABLATIONS, PAPER_AVERAGE_MIOU, PAPER_TABLE1_MIOU, PAPER_TABLE3_MIOU, paper_miou, table3_row,
     )
-    from ._runner import EvalRun, RunSpec, evaluate, finish_run, segment_for_dataset
+    from ._prescan import ScanResult, scan_dataset
+    from ._results import EvalRun, finish_run
+    from ._runner import RunSpec, evaluate, segment_for_dataset

@@ -35,7 +35,8 @@ examples:
   napari-cass eval --dataset folder --root my_export --method sclip --limit 20
 
 Re-running the same command resumes: finished images are read from the cache in
-the run folder under --out. Table 3 rows: vanilla = no-vfm,no-ops,no-ota;
+the run folder under --out, unless their mask or image changed since (then they
+are scored again); changed classes or words start a new run folder. Table 3 rows: vanilla = no-vfm,no-ops,no-ota;
 +VFM sequential = no-matching,no-low-rank,no-eigenscaling,no-ops,no-ota; ...;
 +OPS = no-ota; full CASS = no --ablation.
 """
@@ -60,7 +61,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
              "or 'paper' for the eight benchmarks of Table 1",
     )
     p.add_argument("--root", required=True, type=Path,
-                   help="dataset folder, or a folder above it (e.g. mmsegmentation's data/)")
+                   help="the dataset folder, or a folder above it in mmsegmentation's layout, "
+                        "up to its data/ folder (e.g. data/ or data/VOCdevkit); for --dataset "
+                        "folder, the exported folder itself")
     p.add_argument("--split", default=None, help="split to use (default: the benchmark's val split)")
     p.add_argument("--method", default="cass", help="cass (default), clip, maskclip, sclip, "
                    "clearclip, naclip or proxyclip")
@@ -83,6 +86,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="random model weights: tests the pipeline only, numbers are meaningless")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore cached per-image results of this run and start over")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="evaluate without the images whose mask is unreadable, of another size "
+                        "than its image, or holds values that are no class (default: stop and "
+                        "list them before loading any model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run_eval)
@@ -143,6 +150,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import napari_cass
     from ..engine import METHODS, get_preset, resolve_device
     from ._datasets import get_dataset
+    from ._prescan import format_bad, scan_dataset
     from ._runner import RunSpec, evaluate, finish_run, summarize
     from ._report import write_text
 
@@ -167,11 +175,16 @@ def run_eval(args: argparse.Namespace) -> int:
         print("warning: --random-weights: the numbers below are meaningless (pipeline test only).",
               file=sys.stderr)
 
-    # Open every dataset first: a missing one fails before any model is loaded.
+    # Open and check every dataset first: a missing one or a bad mask fails before any
+    # model is loaded, all bad masks of all datasets listed together.
     datasets = [get_dataset(n, args.root, split=args.split) for n in names]
+    scans = [scan_dataset(ds, args.limit) for ds in datasets]
+    skip_bad = bool(getattr(args, "skip_bad", False))
+    if any(scan.bad for scan in scans) and not skip_bad:
+        raise ValueError(format_bad(scans))
     results: list[dict[str, Any]] = []
     try:
-        for ds in datasets:
+        for ds, scan in zip(datasets, scans):
             preset = args.preset or ds.preset_name
             spec = RunSpec(
                 dataset=ds.name, root=str(ds.root.resolve()), split=ds.split, preset=preset,
@@ -185,10 +198,14 @@ def run_eval(args: argparse.Namespace) -> int:
             run = evaluate(
                 ds, lambda: _build_segmenter(run_args), spec, args.out,
                 limit=args.limit, resume=not args.no_resume, progress=not args.no_progress,
+                scan=scan, skip_bad=skip_bad,
             )
             results.append(finish_run(run, ds, worst=args.worst))
             if not args.json:
                 _print_run(results[-1], run.num_new, run.num_cached)
+            if run.skipped:
+                print(f"warning: {len(run.skipped)} image(s) skipped (--skip-bad); they are listed "
+                      f"in {run.run_dir / 'results.json'}.", file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: finished images are cached; run the same command again to resume.",
               file=sys.stderr)
@@ -213,7 +230,11 @@ def _print_run(result: dict[str, Any], new: int, cached: int) -> None:
     lines = [
         f"{result['dataset_title']} ({result['dataset']}), method {result['method']}, "
         f"preset {result['preset']}: {result['num_images']}/{result['num_images_total']} images "
-        f"({new} new, {cached} cached)",
+        f"({new} new, {cached} cached"
+        + (f", {result['num_images_recomputed']} of the new re-scored because their mask or "
+           "image changed" if result.get("num_images_recomputed") else "")
+        + (f", {result['num_images_skipped']} skipped" if result.get("num_images_skipped") else "")
+        + ")",
         f"  mIoU {fmt(result['miou'])}   paper {fmt(paper['miou'])} ({paper['source']})",
         f"  pAcc {fmt(result['pacc'])}   paper not listed",
         f"  {result['seconds_per_image']:.2f} s/image on {result['device']}"

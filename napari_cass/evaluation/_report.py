@@ -73,6 +73,11 @@ def format_markdown(result: dict[str, Any]) -> str:
             f"\n> Partial run: {result['num_images']} of {result['num_images_total']} images; "
             "not comparable with the paper.\n"
         )
+    if result.get("skipped"):
+        warn += f"\n> Skipped {len(result['skipped'])} image(s) with a bad mask or image (--skip-bad):\n"
+        warn += "".join(f">  - `{s['file']}`: {s['reason']}\n" for s in result["skipped"][:20])
+        if len(result["skipped"]) > 20:
+            warn += f">  - ... and {len(result['skipped']) - 20} more (see results.json)\n"
     opts = ", ".join(f"{k}={v}" for k, v in sorted(result["options"].items())) or "defaults"
     lines = [
         f"# napari-cass evaluation: {result['dataset']} ({result['dataset_title']})",
@@ -158,6 +163,7 @@ def draw_side_by_side(
     *,
     has_background: bool,
     caption: str,
+    ignore_index: int = 255,
     max_panel: int = 480,
     min_panel: int = 200,
 ) -> Path:
@@ -167,7 +173,7 @@ def draw_side_by_side(
     ``[min_panel, max_panel]``: big images stay light, tiny ones stay visible.
     """
     palette = np.vstack([label_palette(num_classes), np.array([[255, 255, 255]], np.uint8)])
-    gt_vis = np.where(gt == 255, num_classes, np.clip(gt, 0, num_classes)).astype(np.int64)
+    gt_vis = np.where(gt == ignore_index, num_classes, np.clip(gt, 0, num_classes)).astype(np.int64)
     panels = [
         np.asarray(image, dtype=np.uint8),
         overlay_labels(image, pred.astype(np.int64), palette, alpha=0.6, skip_zero=has_background),
