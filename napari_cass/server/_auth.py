@@ -30,12 +30,15 @@ def is_loopback(host: str) -> bool:
 
 
 def default_token_path() -> Path:
-    """``<user config dir>/napari-cass/server-token`` (``NAPARI_CASS_CONFIG`` overrides the folder)."""
-    folder = os.environ.get("NAPARI_CASS_CONFIG")
+    """``<user config dir>/napari-cass/server-token``.
+
+    ``NAPARI_CASS_CONFIG_DIR`` overrides the folder, as for the widget settings.
+    """
+    folder = os.environ.get("NAPARI_CASS_CONFIG_DIR")
     if not folder:
         from platformdirs import user_config_dir
 
-        folder = user_config_dir("napari-cass", appauthor=False)
+        folder = user_config_dir("napari-cass")
     return Path(folder) / _TOKEN_FILE
 
 

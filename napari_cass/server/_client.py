@@ -317,8 +317,8 @@ def _report(answer, progress) -> None:
         state = json.loads(answer[2])
         if state["state"] == "queued":
             progress(0, 1, f"queued on the server ({state['position']} ahead)")
-        elif state["total"]:
-            progress(state["done"], state["total"], f"server: {state['message']}")
+        else:
+            progress(state["done"], max(1, state["total"]), f"server: {state['message']}")
     except (ValueError, KeyError, TypeError):
         return
 

@@ -146,6 +146,7 @@ class EngineWorker:
             job.future.set_exception(SegmentationCancelled("Cancelled before it started."))
             return
         job.started = time.perf_counter()
+        job.progress = (0, 0, "started")
         try:
             self._configure(job)
             result = self.segmenter.segment(

@@ -1,0 +1,160 @@
+"""Command-line glue: ``napari-cass serve`` and ``napari-cass segment --server URL``.
+
+``napari_cass.cli`` wires these in; nothing here imports torch, FastAPI or uvicorn
+until a command runs, so ``napari-cass --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_serve_parser", "add_remote_arguments", "cmd_serve", "remote_segmenter_from_args"]
+
+_SERVE_EPILOG = """\
+examples:
+  napari-cass serve                                   # loopback only, no token needed
+  napari-cass serve --host 0.0.0.0 --device cuda      # token generated on first start
+  napari-cass serve --host 0.0.0.0 --token-file /etc/napari-cass/token
+  napari-cass segment photos/ --classes "cat, dog" --out masks --server http://gpu-box:8765 --token-file token
+
+On any address other than loopback every request needs 'Authorization: Bearer <token>'.
+Without --token-file the token is generated once and kept (mode 0600) in the user config
+folder; the path is printed at start. GET /health answers without the token.
+"""
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` command to ``napari-cass``'s sub-parsers; returns its parser."""
+    p = subparsers.add_parser(
+        "serve", help="serve segmentation over HTTP for the plugin and CLI on other machines",
+        description="Load the models once and serve CASS segmentation over HTTP (needs the [server] extra).",
+        epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding the bearer token (first line); required on loopback to use a token")
+    p.add_argument("--method", default="cass", help="default method (default: cass)")
+    p.add_argument("--preset", default="interactive", help="default preset (default: interactive)")
+    p.add_argument("--clip", default="ViT-B-16", help="CLIP model (default: ViT-B-16)")
+    p.add_argument("--vfm", default="dino_vitb8", help="VFM (DINO) model (default: dino_vitb8)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random model weights: for testing the pipeline only, results are meaningless")
+    p.add_argument("--queue-size", type=int, default=32,
+                   help="requests that may wait for the engine; more are answered 429 (default: 32)")
+    p.add_argument("--cache-images", type=int, default=32,
+                   help="images whose features the engine keeps for prompt edits (default: 32)")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body (default: 64)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, H x W (default: 40e6)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def _server_token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token the server requires, and a line saying where it came from."""
+    from ._auth import is_loopback, load_or_create_token, read_token
+
+    if args.token_file is not None:
+        return read_token(args.token_file), f"token: read from {args.token_file}"
+    if is_loopback(args.host):
+        return None, "token: none (loopback only; give --token-file to require one)"
+    token, path, created = load_or_create_token()
+    verb = "generated and stored in" if created else "read from"
+    return token, f"token: {verb} {path} (give that file to clients with --token-file)"
+
+
+def _check_server_deps() -> None:
+    missing = []
+    for name in ("fastapi", "uvicorn"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise RuntimeError(f"'napari-cass serve' needs {' and '.join(missing)}: "
+                           "pip install 'napari-cass[server]'.")
+
+
+def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
+    """Run ``napari-cass serve`` until interrupted (``segmenter`` injects models, e.g. in tests)."""
+    _check_server_deps()
+    import uvicorn
+
+    from ._app import create_app
+    from ._protocol import Limits
+
+    for name in ("port", "queue_size", "cache_images", "max_pixels"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    token, token_line = _server_token(args)  # before loading models: fail fast
+    if segmenter is None:
+        segmenter = _load_segmenter(args)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels))
+    app = create_app(segmenter, token=token, host=args.host, limits=limits, max_queue=args.queue_size)
+    print(f"napari-cass serve: {segmenter.method} on {segmenter.device}, "
+          f"models {getattr(segmenter, 'model_names', {})}", file=sys.stderr)
+    print(f"napari-cass serve: {token_line}", file=sys.stderr)
+    print(f"napari-cass serve: listening on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def _load_segmenter(args: argparse.Namespace):
+    from ..engine import Segmenter
+
+    if args.random_weights:
+        print("napari-cass: warning: --random-weights: models have random weights; the masks are "
+              "meaningless (use this only to test the pipeline).", file=sys.stderr)
+    kwargs: dict[str, Any] = {"cache_size": args.cache_images}
+    if args.threads:
+        kwargs["threads"] = args.threads
+    random = bool(args.random_weights)
+    with warnings.catch_warnings():
+        if random:
+            warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
+        return Segmenter.from_pretrained(
+            clip=args.clip, clip_weights="random" if random else "openai",
+            vfm=args.vfm, vfm_weights="random" if random else "pretrained",
+            method=args.method, preset=args.preset, device=args.device, **kwargs,
+        )
+
+
+# --------------------------------------------------------------------------- segment --server
+def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--server URL`` and ``--token-file PATH`` to the ``segment`` parser."""
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="segment on a 'napari-cass serve' server, e.g. http://gpu-box:8765 "
+                             "(its models are used; --clip/--vfm/--device/--random-weights are ignored)")
+    parser.add_argument("--token-file", type=Path, default=None, metavar="PATH",
+                        help="file with the server's token (first line), for --server")
+
+
+def remote_segmenter_from_args(args: argparse.Namespace):
+    """A connected :class:`RemoteSegmenter` when ``args.server`` is set, else None.
+
+    Uses ``args.method`` and ``args.preset`` when present, and checks the connection
+    and the token at once, so a wrong URL fails before any image is read.
+    """
+    url = getattr(args, "server", None)
+    if not url:
+        if getattr(args, "token_file", None) is not None:
+            raise ValueError("--token-file is for --server: give the server's URL too, or leave it out.")
+        return None
+    from ._client import RemoteSegmenter
+
+    remote = RemoteSegmenter(url, token_file=getattr(args, "token_file", None),
+                             method=getattr(args, "method", None), preset=getattr(args, "preset", None))
+    info = remote.server_info()
+    if getattr(args, "random_weights", False):
+        print("napari-cass: warning: --random-weights is ignored with --server: the server's models are used.",
+              file=sys.stderr)
+    print(f"napari-cass: segmenting on {remote.url} ({info.get('device')}, models "
+          f"{info.get('models')})", file=sys.stderr)
+    return remote
