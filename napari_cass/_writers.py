@@ -6,19 +6,29 @@ overwritten. The ``classes.json`` written next to it is another matter: an
 existing one with the same classes is left as it is, one with *other* classes
 is never replaced: the class table then goes to ``<mask name>.classes.json``
 and a warning says so.
+
+napari calls each writer as ``writer(path, data, meta) -> list[str]`` (the npe2
+single-layer API). Errors are :class:`LabelsWriterError`, deliberately *not* a
+``ValueError``: when no writer is picked explicitly (``viewer.layers.save``,
+``napari.save_layers``, the save dialog's default filter), napari's npe2 bridge
+catches ``ValueError`` from the writer and reports only "No data written! A plugin
+could not be found ...", hiding what was wrong. Any other exception reaches the
+caller, and in the GUI napari shows its message.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ._classes import LabelClasses, classes_from_layer_meta, META_KEY
 
 __all__ = [
+    "LabelsWriterError",
     "write_labels_png",
     "write_labels_tiff",
     "write_labels_coco",
@@ -27,12 +37,59 @@ __all__ = [
 ]
 
 
+class LabelsWriterError(Exception):
+    """A Labels layer that a writer cannot save, with what the writer accepts.
+
+    Not a ``ValueError``: napari hides those when it picks the writer itself
+    (see the module docstring).
+    """
+
+
+_ACCEPTS = {
+    "png": "one 2-D (H, W) label image with labels 0-255",
+    "tif": "a 2-D (H, W) label image or a 3-D (Z, H, W) stack (multi-page TIFF)",
+    "coco": "one 2-D (H, W) label image",
+}
+
+
+_FORMAT_NAMES = {"png": "PNG", "tif": "TIFF", "coco": "COCO"}
+
+
+def _label_array(data: Any, fmt: str, dims: tuple[int, ...]) -> np.ndarray:
+    """``data`` as an integer array with ``ndim`` in ``dims``, or an error naming what fits."""
+    accepts = f"The {_FORMAT_NAMES[fmt]} writer takes {_ACCEPTS[fmt]}"
+    if isinstance(data, (list, tuple)):
+        raise LabelsWriterError(
+            f"{accepts}; this Labels layer is multiscale ({len(data)} levels): "
+            "save a single-scale copy of its full-resolution level."
+        )
+    arr = np.asarray(data)
+    if arr.ndim not in dims:
+        stack = " (a 3-D stack): choose .tif in the save dialog, which saves stacks" if arr.ndim == 3 else ""
+        raise LabelsWriterError(f"{accepts}; this Labels layer has shape {arr.shape}{stack}.")
+    if arr.size == 0:
+        raise LabelsWriterError(f"{accepts}; this Labels layer is empty (shape {arr.shape}).")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise LabelsWriterError(
+            f"{accepts} of integer labels; this layer holds {arr.dtype} values: "
+            "convert them with layer.data = layer.data.astype(int)."
+        )
+    low = int(arr.min())
+    if low < 0:
+        raise LabelsWriterError(
+            f"{accepts} of labels >= 0; this layer holds label {low}: erase or relabel those pixels."
+        )
+    return arr
+
+
 def layer_classes(data: np.ndarray, meta: dict[str, Any]) -> LabelClasses:
     """The class list of the layer being written (ours, or names made up for a plain layer)."""
     classes = classes_from_layer_meta(meta.get("metadata"), meta.get("features"), data)
     top = int(np.max(data)) if np.size(data) else 0
     if top >= classes.n_labels:
-        raise ValueError(
+        raise LabelsWriterError(
             f"The layer holds label {top}, but its class list has only labels "
             f"0..{classes.n_labels - 1}: add classes in the CASS widget or fix the painted labels."
         )
@@ -77,25 +134,56 @@ def write_classes_next_to(mask_path: Path, classes: LabelClasses, extra: dict[st
     )
 
 
-def _check_2d(data: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(data)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{what} holds one 2-D mask, but this Labels layer has shape {arr.shape}: "
-            "save a 3-D stack as .tif instead."
-        )
-    return arr
+def _errors_napari_shows(writer: Callable[[str, Any, dict[str, Any]], list[str]]
+                         ) -> Callable[[str, Any, dict[str, Any]], list[str]]:
+    """Re-raise a ``ValueError`` from the io layer as :class:`LabelsWriterError`."""
+
+    @functools.wraps(writer)
+    def wrapped(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+        try:
+            return writer(path, data, meta)
+        except ValueError as err:
+            raise LabelsWriterError(str(err)) from err
+
+    return wrapped
 
 
+def _tiff_dtype(top: int) -> type[np.unsignedinteger]:
+    if top <= np.iinfo(np.uint16).max:
+        return np.uint16
+    if top <= np.iinfo(np.uint32).max:
+        return np.uint32
+    raise LabelsWriterError(f"The TIFF writer takes labels up to 2**32 - 1; this layer reaches {top}.")
+
+
+def write_label_stack_tiff(path: Path, labels: np.ndarray) -> Path:
+    """Write 2-D labels or a (Z, H, W) stack as a zlib TIFF (uint16, or uint32 when needed).
+
+    A stack becomes one page per slice (axes ``ZYX``), which ``tifffile.imread``,
+    Fiji and napari read back as the same (Z, H, W) array.
+    """
+    import tifffile
+
+    from napari_cass.io import atomic_write
+
+    arr = labels.astype(_tiff_dtype(int(labels.max())), copy=False)
+    with atomic_write(path, overwrite=True) as tmp:
+        tifffile.imwrite(tmp, arr, photometric="minisblack", compression="zlib",
+                         metadata={"axes": "ZYX" if arr.ndim == 3 else "YX"})
+    return path
+
+
+@_errors_napari_shows
 def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Indexed PNG (palette = class colours) plus ``classes.json`` next to it."""
+    """Indexed PNG (palette = class colours) plus ``classes.json`` next to it; 2-D only."""
     from napari_cass.io import write_indexed_png
 
-    labels = _check_2d(data, "An indexed PNG")
+    labels = _label_array(data, "png", (2,))
     classes = layer_classes(labels, meta)
     if classes.n_labels > 256:
-        raise ValueError(
-            f"{classes.n_labels} labels do not fit an 8-bit PNG: save as .tif (16-bit) instead."
+        raise LabelsWriterError(
+            f"The PNG writer takes {_ACCEPTS['png']}; this layer has {classes.n_labels} labels: "
+            "choose .tif (16-bit) in the save dialog instead."
         )
     out = Path(path)
     written = write_indexed_png(out, labels, classes.colors, overwrite=True)
@@ -103,23 +191,23 @@ def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     return [str(written), str(cls_path)]
 
 
+@_errors_napari_shows
 def write_labels_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """16-bit TIFF (any number of labels, 2-D or a stack) plus ``classes.json`` next to it."""
-    from napari_cass.io import write_label_tiff
-
-    labels = np.asarray(data)
+    """TIFF (uint16/uint32; 2-D or a multi-page (Z, H, W) stack) plus ``classes.json`` next to it."""
+    labels = _label_array(data, "tif", (2, 3))
     classes = layer_classes(labels, meta)
     out = Path(path)
-    written = write_label_tiff(out, labels, overwrite=True)
+    written = write_label_stack_tiff(out, labels)
     cls_path = write_classes_next_to(out, classes, _extra(meta))
     return [str(written), str(cls_path)]
 
 
+@_errors_napari_shows
 def write_labels_coco(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """COCO JSON for the current image: one RLE annotation per class; label 0 is not annotated."""
     from napari_cass.io import atomic_write, labels_to_coco, safe_filename
 
-    labels = _check_2d(data, "A COCO file")
+    labels = _label_array(data, "coco", (2,))
     classes = layer_classes(labels, meta)
     image_name = _extra(meta).get("image") or meta.get("name") or Path(path).stem
     doc = labels_to_coco(
