@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_rgb_float", "resized_size", "resize_image", "ACCEPTED_IMAGES"]
+__all__ = ["as_rgb_float", "resized_size", "padded_size", "pad_pixels", "resize_image", "ACCEPTED_IMAGES"]
 
 ACCEPTED_IMAGES = (
     "a 2-D (H x W) grey image, or H x W x 3 (RGB) or H x W x 4 (RGBA, alpha is dropped), "
@@ -63,6 +63,29 @@ def resized_size(height: int, width: int, short_side: int, long_side_max: int = 
     """Size after the keep-ratio rescale (mmcv's rule: short side to ``short_side``, long side capped)."""
     scale = min(short_side / min(height, width), long_side_max / max(height, width))
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def padded_size(height: int, width: int, min_side: int) -> tuple[int, int]:
+    """Size of the resized image after padding each side to at least ``min_side``.
+
+    Very elongated images (kymographs, line scans: aspect above ~128:1) keep a short
+    side below one patch after the long side is capped, and a patch embedding cannot
+    run on them. Padding to one patch of both encoders lets every image of at least
+    2 x 2 pixels segment; other images are unchanged.
+    """
+    return max(int(height), int(min_side)), max(int(width), int(min_side))
+
+
+def pad_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad ``(3, h, w)`` pixels at the bottom and right to ``size`` by repeating the edge.
+
+    Repeating the last row/column keeps the padding looking like the image (no black
+    bar a class could latch on to); results are cut back to ``(h, w)`` afterwards.
+    """
+    h, w = pixels.shape[-2:]
+    if (h, w) == tuple(size):
+        return pixels
+    return F.pad(pixels[None], (0, size[1] - w, 0, size[0] - h), mode="replicate")[0]
 
 
 def resize_image(rgb: np.ndarray, size: tuple[int, int], reference_quirks: bool = False) -> torch.Tensor:

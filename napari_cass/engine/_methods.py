@@ -23,7 +23,7 @@ from ._spectral import (
     spectral_distance,
 )
 
-__all__ = ["METHODS", "NEEDS_VFM", "CassOptions", "MethodInputs", "patch_features"]
+__all__ = ["METHODS", "NEEDS_VFM", "CassOptions", "MethodInputs", "patch_features", "proxy_attention"]
 
 METHODS = ("cass", "clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip")
 NEEDS_VFM = frozenset({"cass", "proxyclip"})
@@ -153,6 +153,25 @@ def distilled_graph(
     return out
 
 
+def proxy_attention(vfm_tokens: torch.Tensor, beta: float = 1.2, gamma: float = 3.0) -> torch.Tensor:
+    """ProxyCLIP's proxy attention ``(B, n, n)`` from the VFM's final patch tokens ``(B, n, D)``.
+
+    ``softmax((S - beta mean S) * gamma)`` with the negative entries masked out, S the
+    cosine similarities of the tokens. ProxyCLIP masks negatives to keep each token's
+    attention on its similar tokens, and its own token (S = 1, the row maximum) is
+    meant to survive. On a near-uniform crop every entry is similar, mean S exceeds
+    1 / beta and the reference masks whole rows, whose softmax is NaN (spreading to
+    the neighbouring windows through the merge). Here the row maximum is never
+    masked: rows the reference leaves finite are unchanged, and a fully masked row
+    attends to its best entries (itself) instead of producing NaN.
+    """
+    feats = F.normalize(vfm_tokens.float(), dim=-1)
+    sim = feats @ feats.transpose(-1, -2)  # (B, n, n), one matrix for all heads
+    sim = (sim - beta * sim.mean(dim=(-2, -1), keepdim=True)) * gamma
+    row_max = sim.amax(dim=-1, keepdim=True)
+    return sim.masked_fill((sim < 0) & (sim < row_max), float("-inf")).softmax(dim=-1)
+
+
 def patch_features(
     method: str,
     clip: ClipVision,
@@ -202,10 +221,7 @@ def patch_features(
     elif method == "proxyclip":
         if inputs.vfm_tokens is None:
             raise ValueError("ProxyCLIP needs the VFM: build the Segmenter with a VFM model.")
-        feats = F.normalize(inputs.vfm_tokens.float(), dim=-1)
-        sim = feats @ feats.transpose(-1, -2)  # (B, n, n), one matrix for all heads
-        sim = (sim - 1.2 * sim.mean(dim=(-2, -1), keepdim=True)) * 3.0
-        sim = sim.masked_fill(sim < 0, float("-inf")).softmax(dim=-1)
+        sim = proxy_attention(inputs.vfm_tokens)
         b, h, n, d = v.shape
         vg = inputs.vfm_grid
         v_maps = v.permute(0, 1, 3, 2).reshape(b, h * d, grid[0], grid[1])

@@ -17,15 +17,18 @@ class SegmentationCancelled(Exception):
 
 @dataclass
 class SegmentationResult:
-    """Labels and class probabilities at the original image resolution.
+    """Labels and the winning probability at the original image resolution.
 
     Attributes
     ----------
     labels : numpy.ndarray
         ``(H, W)`` int32, class index per pixel (0 is the background class when
         ``has_background``).
-    probabilities : numpy.ndarray
-        ``(num_classes, H, W)`` float32, after the softmax and the max over synonyms.
+    probabilities : numpy.ndarray or None
+        ``(num_classes, H, W)`` float32, after the softmax and the max over synonyms;
+        ``None`` unless :meth:`Segmenter.segment` was called with
+        ``return_probabilities=True`` (they cost 4 bytes per class and pixel). With a
+        ``probability_stride`` s they are the ``[:, ::s, ::s]`` subsampling.
     classes : list of ClassPrompt
         The classes, in label order.
     has_background : bool
@@ -34,14 +37,28 @@ class SegmentationResult:
         Seconds per stage (``vision``, ``text``, ``similarity``, ``total``...).
     from_cache : bool
         True when the vision side came from the per-image cache.
+    confidence : numpy.ndarray
+        ``(H, W)`` float32: the winning probability per pixel (the largest class
+        probability, also where ``prob_thd`` sent the pixel to the background).
+        Computed from ``probabilities`` when those are given and it is not.
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     classes: list[ClassPrompt]
     has_background: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     from_cache: bool = False
+    confidence: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.confidence is None:
+            if self.probabilities is None or self.probabilities.shape[1:] != self.labels.shape:
+                raise ValueError(
+                    "SegmentationResult needs the confidence (H, W), or full-resolution "
+                    "probabilities (classes, H, W) to compute it from."
+                )
+            self.confidence = np.asarray(self.probabilities.max(axis=0), dtype=np.float32)
 
     @property
     def class_names(self) -> list[str]:
@@ -66,8 +83,3 @@ class SegmentationResult:
         if self.has_background:
             return list(self.classes)
         return [ClassPrompt(name="background", queries=()), *self.classes]
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """``(H, W)`` float32: the winning probability per pixel."""
-        return self.probabilities.max(axis=0)

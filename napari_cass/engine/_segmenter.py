@@ -5,28 +5,27 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ._backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipVision, Vfm
 from ._device import resolve_device
-from ._image import as_rgb_float, resize_image, resized_size
+from ._finish import finish_logits, query_groups
+from ._image import as_rgb_float, pad_pixels, padded_size, resize_image, resized_size
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
 from ._presence import TextEncoder, adjust_text, cluster_leaders, cluster_queries, object_similarity
 from ._presets import DEFAULT_PRESET, Preset, get_preset
 from ._prompts import ClassPrompt, ClassesLike, normalize_classes
-from ._result import SegmentationCancelled, SegmentationResult
+from ._progress import CancelCallback, ProgressCallback, Reporter, StageTimer
+from ._result import SegmentationResult
 from ._spectral import gaussian_bias
-from ._windows import bilinear_taps, resize_bilinear, resize_rows_band, window_coords
+from ._windows import merge_windows, window_coords
 
 __all__ = ["Segmenter", "ProgressCallback", "CancelCallback"]
-
-ProgressCallback = Callable[[int, int, str], None]
-CancelCallback = Callable[[], bool]
 
 # mmsegmentation's data preprocessor constants, which the reference normalises with
 # (CLIP's mean/std times 255, rounded to 3 decimals).
@@ -35,40 +34,20 @@ _MMSEG_STD = (68.501, 66.632, 70.323)
 # The reference un-normalises crops for DINO with ImageNet statistics, blue std typed 0.255.
 _REF_INV_STD = (0.229, 0.224, 0.255)
 
-# Above this many logits, the final resize runs in bands of rows to bound memory.
-_BAND_ELEMENTS = 32_000_000
-
 
 @dataclass
 class _Vision:
     """Everything on the vision side of one image: reused when only the prompts change."""
 
-    size: tuple[int, int]
-    resized: tuple[int, int]
-    windows: list[tuple[int, int, int, int]]
+    size: tuple[int, int]  # original
+    resized: tuple[int, int]  # after the short-side rule
+    padded: tuple[int, int]  # resized, padded to at least one patch (elongated images)
+    windows: list[tuple[int, int, int, int]]  # on the padded image
     grid: tuple[int, int]
     features: torch.Tensor  # (n_windows, N, E) unit vectors
     crop_cls: torch.Tensor | None  # (n_windows, E), prior_from_crop presets
     image_cls: torch.Tensor | None  # (E,)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class _Timer:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
 
 class Segmenter:
@@ -226,8 +205,15 @@ class Segmenter:
         cancel: CancelCallback | None = None,
         *,
         background: str | Sequence[str] | None = None,
+        return_probabilities: bool = False,
+        probability_stride: int = 1,
     ) -> SegmentationResult:
         """Segment ``image`` into ``classes``.
+
+        Labels and the winning probability are computed a band of rows at a time
+        from the low-resolution logits, so memory does not grow with the number of
+        classes times the image size; the full class probabilities are only built
+        when asked for.
 
         Parameters
         ----------
@@ -242,9 +228,24 @@ class Segmenter:
             Polled between crops; returning True raises :class:`SegmentationCancelled`.
         background : str or list of str, optional
             Words describing the background; they become class 0, "background".
+        return_probabilities : bool
+            Also fill :attr:`SegmentationResult.probabilities`, ``(classes, H, W)``
+            float32 (4 bytes per class and pixel: 90 MB per class for 6000 x 4000).
+        probability_stride : int
+            With ``return_probabilities``, keep every ``stride``-th row and column
+            (the ``[::stride, ::stride]`` subsampling of the full array).
+
+        Raises
+        ------
+        ValueError
+            For an image or class list the engine cannot take (the message says why).
+        FloatingPointError
+            If a NaN or infinity appeared inside the engine (never returned silently).
         """
         try:
-            return self._segment(image, classes, progress, cancel, background)
+            return self._segment(
+                image, classes, progress, cancel, background, return_probabilities, probability_stride
+            )
         except torch.cuda.OutOfMemoryError:
             self._cache.clear()
             torch.cuda.empty_cache()
@@ -255,14 +256,16 @@ class Segmenter:
                 "(ViT-B-32 / dino_vitb16), a smaller image, or device='cpu'."
             ) from None
 
-    def _segment(self, image, classes, progress, cancel, background) -> SegmentationResult:
+    def _segment(
+        self, image, classes, progress, cancel, background, return_probabilities, probability_stride
+    ) -> SegmentationResult:
         prompts = normalize_classes(classes)
         if background:
             words = [background] if isinstance(background, str) else list(background)
             bg = ClassPrompt.from_words(words, name="background")
             prompts = [bg] + normalize_classes(prompts)
         has_background = prompts[0].name.casefold() == "background"
-        timer = _Timer(self.device)
+        timer = StageTimer(self.device)
         start = time.perf_counter()
         key = self._cache_key(image)
         vision = self._cache.get(key) if key is not None else None
@@ -271,14 +274,14 @@ class Segmenter:
             # Only a cache miss pays for validation and float conversion: a hit means
             # these exact pixels were validated before.
             rgb = as_rgb_float(image)
-            report = _Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
+            report = Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
             vision = self._vision(rgb, report)
             if key is not None:
                 self._cache[key] = vision
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         else:
-            report = _Reporter(progress, cancel, 2)
+            report = Reporter(progress, cancel, 2)
             self._cache.move_to_end(key)
         report.check()
         with torch.inference_mode():
@@ -290,14 +293,20 @@ class Segmenter:
             with timer("similarity"):
                 logits = self._logits(vision, text, clusters)
             with timer("merge"):
-                probs, labels = self._finish(vision, logits, prompts, has_background)
+                thd = self.preset.prob_thd if (has_background or self.reference_quirks) else 0.0
+                out = finish_logits(
+                    logits, vision.size, query_groups([len(pr.queries) for pr in prompts]),
+                    logit_scale=self.preset.logit_scale, prob_thd=thd,
+                    return_probabilities=return_probabilities, probability_stride=probability_stride,
+                )
             report.step("done")
         timings = {} if from_cache else dict(vision.timings)
         timings.update(timer.times)
         timings["total"] = time.perf_counter() - start
         return SegmentationResult(
-            labels=labels,
-            probabilities=probs,
+            labels=out.labels,
+            probabilities=out.probabilities,
+            confidence=out.confidence,
             classes=prompts,
             has_background=has_background,
             timings=timings,
@@ -332,8 +341,14 @@ class Segmenter:
         es = self.options.eigenscaling
         return self.preset.eigenscaling if es is None else bool(es)
 
+    def _sizes(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Resized size (short-side rule) and the padded size the encoders run on."""
+        resized = resized_size(*size, self.preset.short_side, self.preset.long_side_max)
+        patches = [*self._clip.patch, *(self._vfm.patch if self._vfm is not None else ())]
+        return resized, padded_size(*resized, max(patches))
+
     def _vision_steps(self, size: tuple[int, int]) -> int:
-        h, w = resized_size(*size, self.preset.short_side, self.preset.long_side_max)
+        h, w = self._sizes(size)[1]
         if self.preset.mode == "whole":
             return 1
         n = len(window_coords(h, w, self.preset.crop, self.preset.stride))
@@ -385,16 +400,17 @@ class Segmenter:
         return self._omega[key]
 
     @torch.inference_mode()
-    def _vision(self, rgb: np.ndarray, report: _Reporter) -> _Vision:
+    def _vision(self, rgb: np.ndarray, report: Reporter) -> _Vision:
         p = self.preset
-        timer = _Timer(self.device)
+        timer = StageTimer(self.device)
         with timer("resize"):
             size = rgb.shape[:2]
-            resized = resized_size(*size, p.short_side, p.long_side_max)
+            resized, padded = self._sizes(size)
             pixels = resize_image(rgb, resized, self.reference_quirks).to(self.device)
+            pixels = pad_pixels(pixels, padded)
             clip_in = self._normalise_clip(pixels)
-        windows = [(0, resized[0], 0, resized[1])] if p.mode == "whole" else window_coords(
-            resized[0], resized[1], p.crop, p.stride
+        windows = [(0, padded[0], 0, padded[1])] if p.mode == "whole" else window_coords(
+            padded[0], padded[1], p.crop, p.stride
         )
         image_cls = None
         if not p.prior_from_crop and p.mode != "whole":
@@ -438,7 +454,7 @@ class Segmenter:
             image_cls, crop_cls_t = crop_cls_t[0], None
         timer.times["vision"] = sum(timer.times.values())
         return _Vision(
-            size=tuple(size), resized=tuple(resized), windows=windows, grid=grid,
+            size=tuple(size), resized=tuple(resized), padded=tuple(padded), windows=windows, grid=grid,
             features=torch.cat(feats), crop_cls=crop_cls_t, image_cls=image_cls, timings=timer.times,
         )
 
@@ -452,7 +468,11 @@ class Segmenter:
         return self._clusters[key]
 
     def _logits(self, vision: _Vision, text: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
-        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows)."""
+        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows).
+
+        Windows are merged on the padded image; the padding is cut off here, so only
+        real pixels are labelled.
+        """
         p = self.preset
         prior = vision.crop_cls if p.prior_from_crop else vision.image_cls
         prior = prior @ text.T  # (Q,) or (n_windows, Q)
@@ -472,61 +492,8 @@ class Segmenter:
                 prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits
             )
         h, w = vision.resized
-        if len(vision.windows) == 1:
-            return resize_bilinear(patch_logits[0], (h, w))
-        canvas = torch.zeros(q, h, w, device=sims.device)
-        count = torch.zeros(1, h, w, device=sims.device)
-        for (y1, y2, x1, x2), logit in zip(vision.windows, patch_logits):
-            canvas[:, y1:y2, x1:x2] += resize_bilinear(logit, (y2 - y1, x2 - x1))
-            count[:, y1:y2, x1:x2] += 1
-        return canvas / count
-
-    def _finish(self, vision: _Vision, logits: torch.Tensor, prompts: list[ClassPrompt], has_background: bool):
-        """Resize to the original size, x logit_scale, softmax, max over synonyms, argmax."""
-        p = self.preset
-        h0, w0 = vision.size
-        groups, start = [], 0
-        for pr in prompts:
-            groups.append((start, start + len(pr.queries)))
-            start += len(pr.queries)
-        thd = p.prob_thd if (has_background or self.reference_quirks) else 0.0
-        probs = np.empty((len(prompts), h0, w0), np.float32)
-        labels = np.empty((h0, w0), np.int32)
-        q = logits.shape[0]
-        band = h0 if q * h0 * w0 <= _BAND_ELEMENTS else max(1, _BAND_ELEMENTS // (q * w0))
-        rows_all = bilinear_taps(h0, logits.shape[1], logits.device)
-        cols = bilinear_taps(w0, logits.shape[2], logits.device)
-        for r0 in range(0, h0, band):
-            r1 = min(h0, r0 + band)
-            if band == h0:
-                full = resize_bilinear(logits, (h0, w0))
-            else:
-                rows = tuple(t[r0:r1] for t in rows_all)
-                full = resize_rows_band(logits, rows, cols)
-            soft = (full * p.logit_scale).softmax(dim=0)
-            cls_probs = torch.stack([soft[a:b].amax(dim=0) for a, b in groups])
-            best, lab = cls_probs.max(dim=0)
-            if thd > 0:
-                lab = torch.where(best < thd, torch.zeros_like(lab), lab)
-            probs[:, r0:r1] = cls_probs.cpu().numpy()
-            labels[r0:r1] = lab.to(torch.int32).cpu().numpy()
-        return probs, labels
-
-
-class _Reporter:
-    """Progress and cancel callbacks behind one object."""
-
-    def __init__(self, progress: ProgressCallback | None, cancel: CancelCallback | None, total: int):
-        self.progress, self.cancel, self.total, self.done = progress, cancel, total, 0
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise SegmentationCancelled("Segmentation cancelled.")
-
-    def step(self, message: str) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(min(self.done, self.total), self.total, message)
+        merged = merge_windows(patch_logits, vision.windows, vision.padded)
+        return merged if vision.padded == (h, w) else merged[:, :h, :w].contiguous()
 
 
 def _float_tokens(tokens):

@@ -1,0 +1,138 @@
+"""From merged low-resolution logits to labels and confidence, in bands of rows (spec 1, step 6).
+
+The last step of the pipeline resizes the logits ``(Q, h, w)`` of the resized image to
+the original ``H x W``, multiplies by the logit scale, takes the softmax over queries,
+the max over each class's synonyms and the argmax. Done at once, it materialises
+``(classes, H, W)`` floats: 90 MB per class for a 6000 x 4000 image. The labels and the
+winning probability need none of that: this module evaluates the resize a band of
+output rows at a time, so the memory beyond the ``(H, W)`` outputs is bounded by
+``band_elements`` floats whatever the number of classes.
+
+Per pixel, with ``z`` the scaled logits and ``m = max_q z_q``: the winning class is the
+class of the first query reaching ``m`` (the same as the argmax over classes of the
+max over synonyms, since synonyms are contiguous and in class order), and its
+probability is ``exp(m - m) / sum_q exp(z_q - m) = 1 / sum_q exp(z_q - m)``, the value
+the softmax gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ._windows import bilinear_taps, resize_rows_band
+
+__all__ = ["BAND_ELEMENTS", "Finished", "finish_logits", "query_groups"]
+
+#: Floats of one band of resized logits ``(Q, rows, W)``; a band holds at least one row.
+BAND_ELEMENTS = 4_000_000
+
+
+@dataclass
+class Finished:
+    """Outputs at the original resolution."""
+
+    labels: np.ndarray  # (H, W) int32
+    confidence: np.ndarray  # (H, W) float32
+    probabilities: np.ndarray | None  # (C, ceil(H / stride), ceil(W / stride)) float32
+
+
+def query_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` query ranges of classes with ``sizes`` synonyms each."""
+    groups, start = [], 0
+    for n in sizes:
+        groups.append((start, start + int(n)))
+        start += int(n)
+    return groups
+
+
+def finish_logits(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    groups: Sequence[tuple[int, int]],
+    *,
+    logit_scale: float,
+    prob_thd: float = 0.0,
+    return_probabilities: bool = False,
+    probability_stride: int = 1,
+    band_elements: int | None = None,
+) -> Finished:
+    """Labels and winning probability of every pixel of the original image.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(Q, h, w)`` merged patch-query logits on the resized image (unscaled).
+    size : (int, int)
+        The original ``(H, W)``.
+    groups : list of (int, int)
+        Query range of each class (:func:`query_groups`), in label order.
+    logit_scale : float
+        Multiplies the logits before the softmax (40 in every preset).
+    prob_thd : float
+        Pixels whose winning probability is below it get class 0 (0 disables).
+    return_probabilities : bool
+        Also return the class probabilities (softmax, then max over synonyms).
+    probability_stride : int
+        With ``return_probabilities``, keep every ``stride``-th row and column
+        (``[::stride, ::stride]`` of the full array), to bound its memory.
+    band_elements : int, optional
+        Floats per band (default :data:`BAND_ELEMENTS`).
+
+    Raises
+    ------
+    FloatingPointError
+        If the logits hold NaN or infinity: no NaN ever leaves the engine.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise FloatingPointError(
+            f"The segmentation produced {bad} non-finite (NaN or infinite) logits out of "
+            f"{logits.numel()}; no result is returned rather than a wrong one. This is a bug: "
+            "please report it with the method, preset and image shape. Another method "
+            "(e.g. method='cass') may work meanwhile."
+        )
+    stride = int(probability_stride)
+    if stride < 1:
+        raise ValueError(f"probability_stride must be a positive integer, got {probability_stride!r}.")
+    q, h, w = logits.shape
+    h0, w0 = (int(s) for s in size)
+    if groups[-1][1] != q:
+        raise ValueError(f"The class groups cover {groups[-1][1]} queries but there are {q} logits.")
+    device = logits.device
+    budget = int(band_elements or BAND_ELEMENTS)
+    band = max(1, min(h0, budget // max(1, q * w0)))
+    query_class = torch.cat(
+        [torch.full((b - a,), i, dtype=torch.int64) for i, (a, b) in enumerate(groups)]
+    ).to(device)
+    labels = np.empty((h0, w0), np.int32)
+    confidence = np.empty((h0, w0), np.float32)
+    probs = None
+    if return_probabilities:
+        probs = np.empty((len(groups), -(-h0 // stride), -(-w0 // stride)), np.float32)
+    rows_all = bilinear_taps(h0, h, device)
+    cols = bilinear_taps(w0, w, device)
+    for r0 in range(0, h0, band):
+        r1 = min(h0, r0 + band)
+        z = resize_rows_band(logits, tuple(t[r0:r1] for t in rows_all), cols)  # (Q, b, W)
+        z.mul_(logit_scale)
+        top, best_query = z.max(dim=0)
+        z.sub_(top).exp_()
+        total = z.sum(dim=0)
+        best = total.reciprocal()
+        lab = query_class[best_query]
+        if prob_thd > 0:
+            lab = torch.where(best < prob_thd, torch.zeros_like(lab), lab)
+        labels[r0:r1] = lab.to(torch.int32).cpu().numpy()
+        confidence[r0:r1] = best.float().cpu().numpy()
+        if probs is not None:
+            keep = torch.arange(r0, r1, device=device)
+            keep = keep[keep % stride == 0] - r0
+            if keep.numel():
+                soft = z[:, keep, ::stride] / total[keep, ::stride]
+                cls = torch.stack([soft[a:b].amax(dim=0) for a, b in groups])
+                probs[:, (r0 + int(keep[0])) // stride : (r0 + int(keep[-1])) // stride + 1] = cls.cpu().numpy()
+    return Finished(labels=labels, confidence=confidence, probabilities=probs)

@@ -1,0 +1,54 @@
+"""Progress, cancel and per-stage timing of one segmentation."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+from ._result import SegmentationCancelled
+
+__all__ = ["ProgressCallback", "CancelCallback", "Reporter", "StageTimer"]
+
+ProgressCallback = Callable[[int, int, str], None]
+CancelCallback = Callable[[], bool]
+
+
+class StageTimer:
+    """Seconds per named stage; synchronises CUDA so GPU work is charged to its stage."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+
+class Reporter:
+    """Progress and cancel callbacks behind one object."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelCallback | None, total: int):
+        self.progress, self.cancel, self.total, self.done = progress, cancel, total, 0
+
+    def check(self) -> None:
+        """Raise :class:`SegmentationCancelled` if the cancel callback says so."""
+        if self.cancel is not None and self.cancel():
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+    def step(self, message: str) -> None:
+        """Count one step done and report it."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, message)
