@@ -6,20 +6,15 @@ dataset layout of :func:`napari_cass.io.export_dataset_item`: ``images/``,
 a session resumes where the user left off. It imports no Qt: the Qt panel in
 :mod:`napari_cass._batch` and the widget call it.
 
-Why it looks the way it does:
-
-* Mask names keep the letters of the image names (``猫.png`` -> ``masks/猫.png``)
-  and are collision-free even on case-insensitive file systems
-  (:func:`napari_cass.io.unique_filenames`). ``progress.json`` records, per
-  original image name, the mask name it got, and a resume maps by that record:
-  images added, removed or renamed between sessions never inherit another
-  image's mask.
-* Saving is cheap and atomic, so the widget may call :meth:`BatchSession.save_if_changed`
-  after every edit and on close: an unchanged mask is not rewritten, and the
-  image copy is written once per session.
-* The class list may grow during a batch (new classes appended): ``classes.json``
-  is updated and earlier masks keep their meaning. Renaming, reordering or
-  removing saved classes is refused, since saved pixel values would change meaning.
+* Mask names keep the letters of the image names (``猫.png`` -> ``masks/猫.png``),
+  collision-free even on case-insensitive file systems; ``progress.json`` records
+  each original name's mask name and a resume maps by it, so images added, removed
+  or renamed between sessions never inherit another image's mask.
+* Saving is cheap and atomic: the widget may call :meth:`BatchSession.save_if_changed`
+  after every edit and on close; an unchanged mask is not rewritten.
+* The class list may grow during a batch (classes appended): ``classes.json`` is
+  updated and earlier masks keep their meaning. Renaming, reordering or removing
+  saved classes is refused: saved pixel values would change meaning.
 """
 
 from __future__ import annotations
@@ -43,8 +38,8 @@ PROGRESS_FILE = "progress.json"
 CLASSES_FILE = "classes.json"
 _FORMAT = "napari-cass/batch@2"
 _MASK_SUFFIXES = (".png", ".tif")
-# napari_cass.io.atomic_write writes ".<stem>.<random>.tmp<suffix>" next to the target.
-_TEMP_FILE = re.compile(r"^\..*\.tmp\.(png|tif|tiff|json)$")
+# napari_cass.io.atomic_write writes ".<stem>.<8 random>.tmp<suffix>" next to the target.
+_TEMP_FILE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp\.(png|tif|tiff|json)$")
 
 
 def _key(name: str) -> str:
@@ -99,7 +94,6 @@ class BatchSession:
                 f"No image in {self.image_dir} (looked for {', '.join(IMAGE_SUFFIXES)})."
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.removed_temp_files = self._remove_temp_files()
         self.index = 0
         self.saved: set[str] = set()
         # original image name -> mask stem; kept for images that left the folder too,
@@ -107,7 +101,8 @@ class BatchSession:
         self._mask_names: dict[str, str] = {}
         self._digests: dict[int, str] = {}
         self._image_written: set[int] = set()
-        data = self._read_progress()
+        data = self._read_progress()  # first: refuses another batch's folder
+        self.removed_temp_files = self._remove_temp_files()
         recorded = dict(self._mask_names)
         renamed = self._match_recorded()
         self._restore_position(data, renamed)
@@ -315,6 +310,10 @@ class BatchSession:
             ``{"image", "mask", "classes"}``: the paths of the dataset item.
         """
         return self._save(image, labels, classes, index, force=True)
+
+    def needs_save(self, labels: np.ndarray, index: int | None = None) -> bool:
+        """True when ``labels`` differ from the mask last saved or loaded for the image."""
+        return self._digests.get(self._i(index)) != _digest(np.asarray(labels))
 
     def save_if_changed(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
                         index: int | None = None) -> dict[str, Path]:

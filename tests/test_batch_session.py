@@ -210,7 +210,9 @@ def test_save_if_changed_writes_only_what_changed(tmp_path: Path) -> None:
     os.utime(mask, ns=(1_000_000_000, 1_000_000_000))  # a marker: any rewrite changes it
     assert s.save_if_changed(image, labels, classes) == {}
     assert mask.stat().st_mtime_ns == 1_000_000_000
+    assert not s.needs_save(labels)
     labels[0, 0] = 1  # one edited pixel
+    assert s.needs_save(labels) and s.needs_save(labels, index=1)  # image 1: never saved
     assert set(s.save_if_changed(image, labels, classes)) == {"mask"}
     np.testing.assert_array_equal(read_label_image(mask), labels)
     # after a resume the reloaded mask counts as saved; save() always writes
@@ -269,7 +271,8 @@ def test_killed_save_leaves_old_mask_and_temp_is_cleaned(tmp_path: Path, monkeyp
     leftovers = [tmp_path / "out" / "masks" / ".img_00.k1ll3d_x.tmp.png",
                  tmp_path / "out" / "images" / ".img_00.a8b9c0d1.tmp.png",
                  tmp_path / "out" / ".progress.zz99yy88.tmp.json"]
-    keep = [tmp_path / "out" / "masks" / "notes.tmp.png", tmp_path / "out" / ".hidden.json"]
+    keep = [tmp_path / "out" / "masks" / "notes.tmp.png", tmp_path / "out" / ".notes.tmp.png",
+            tmp_path / "out" / ".hidden.json"]
     for p in leftovers + keep:
         p.write_bytes(b"partial")
     again = BatchSession(tmp_path / "in", tmp_path / "out")
