@@ -1,6 +1,7 @@
 """Presence prior, Ward clustering of the queries and the text adjustment (spec section 5)."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,10 +62,25 @@ def test_adjustment_moves_only_leaders_towards_their_top_patches():
         assert (out[0, q] @ mu) > (t[q] @ mu)  # moved towards the object's patches
 
 
-def test_object_similarity_is_eq9():
-    feats = F.normalize(torch.randn(2, 4, 8), dim=-1)
-    text = F.normalize(torch.randn(2, 3, 8), dim=-1)
+@pytest.mark.parametrize("seed", range(20))
+def test_object_similarity_is_eq9(seed):
+    gen = torch.Generator().manual_seed(seed)
+    e = 8
+    feats = F.normalize(torch.randn(2, 4, e, generator=gen), dim=-1)
+    text = F.normalize(torch.randn(2, 3, e, generator=gen), dim=-1)
     prior = torch.tensor([0.2, -0.1, 0.05])
-    s = object_similarity(feats, text, prior, beta=0.25)
-    expected = 0.75 * feats @ text.transpose(-1, -2) + 0.25 * prior
-    assert torch.allclose(s, expected)
+    beta = 0.25
+    s = object_similarity(feats, text, prior, beta=beta)
+    assert s.shape == (2, 4, 3) and s.dtype == torch.float32
+    # Eq. 9 in float64 from the same float32 inputs.
+    expected = (1 - beta) * feats.double() @ text.double().transpose(-1, -2) + beta * prior.double()
+    # Float32 error: the dot product of unit vectors (magnitude <= 1) takes e roundings,
+    # scaling, the prior term and the sum three more, on values of magnitude
+    # <= (1 - beta) + beta * max|p|.
+    magnitude = (1 - beta) + beta * prior.abs().max().item()
+    atol = (e + 3) * torch.finfo(torch.float32).eps * magnitude
+    assert (s.double() - expected).abs().max().item() <= atol
+    # beta = 0 is the plain cosine, beta = 1 the prior alone
+    assert torch.allclose(object_similarity(feats, text, prior, 1.0), prior.expand(2, 4, 3), rtol=0, atol=0)
+    plain = (feats.double() @ text.double().transpose(-1, -2))
+    assert (object_similarity(feats, text, prior, 0.0).double() - plain).abs().max().item() <= atol

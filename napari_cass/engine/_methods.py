@@ -7,13 +7,14 @@ that block and in whether its residual and feed-forward are kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._backbones import ClipTokens, ClipVision
+from ._probe import EngineProbe
 from ._spectral import (
     aggregate,
     eigen_signatures,
@@ -57,7 +58,7 @@ class MethodInputs:
     vfm_keys: torch.Tensor | None = None  # (B, Hv, n, d) on the VFM grid
     vfm_grid: tuple[int, int] | None = None
     vfm_tokens: torch.Tensor | None = None  # (B, n, D) final normed VFM tokens (proxyclip)
-    debug: dict = field(default_factory=dict)
+    probe: EngineProbe | None = None  # testing hook (napari_cass.engine.testing)
 
 
 def _key_graph(keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -99,7 +100,7 @@ def distilled_graph(
     lam: float,
     eigenscaling: bool,
     options: CassOptions,
-    debug: dict | None = None,
+    probe: EngineProbe | None = None,
 ) -> torch.Tensor:
     """A_psi of Eqs. 5-7 for a batch: ``(B, Hc, N, N)`` from CLIP and VFM graphs.
 
@@ -109,7 +110,7 @@ def distilled_graph(
     if clip_graph.device.type == "mps":  # no float64 on Apple GPUs: do this small step on the CPU
         out = distilled_graph(
             clip_graph.cpu(), vfm_graph.cpu(), k_eigen=k_eigen, rank=rank, lam=lam,
-            eigenscaling=eigenscaling, options=options, debug=debug,
+            eigenscaling=eigenscaling, options=options, probe=probe,
         )
         return out.to(clip_graph.device)
     b, hc = clip_graph.shape[:2]
@@ -120,12 +121,11 @@ def distilled_graph(
         )  # (B, Hv, Hc)
         clip_idx, vfm_idx, weights = [], [], []
         for i in range(b):
-            c, v, w, cost = match_heads(dist[i], options.pairing)
+            if probe is not None:  # records, and may impose the assignment (parity tests)
+                c, v, w = probe.match_heads(dist[i], options.pairing)
+            else:
+                c, v, w, _ = match_heads(dist[i], options.pairing)
             clip_idx.append(c), vfm_idx.append(v), weights.append(w)
-            if debug is not None:
-                debug.setdefault("cost", []).append(cost)
-                debug.setdefault("pairs", []).append(np.stack([c, v], 1))
-                debug.setdefault("weights", []).append(w)
         clip_idx_t = torch.as_tensor(np.stack(clip_idx), device=clip_graph.device)
         vfm_idx_t = torch.as_tensor(np.stack(vfm_idx), device=clip_graph.device)
         w_t = torch.as_tensor(np.stack(weights), device=clip_graph.device, dtype=torch.float64)
@@ -148,8 +148,8 @@ def distilled_graph(
     blended = aggregate(recon, clip_sel.double(), w_t, lam).to(clip_graph.dtype)
     out = clip_graph.clone()
     out[bidx, clip_idx_t] = blended
-    if debug is not None:
-        debug["distilled"] = out
+    if probe is not None:
+        probe.add("distilled", out)
     return out
 
 
@@ -198,10 +198,11 @@ def patch_features(
                 raise ValueError("CASS needs the VFM keys: build the Segmenter with a VFM model.")
             kd = vfm_keys_on_clip_grid(inputs.vfm_keys, inputs.vfm_grid, grid, k)
             vfm_graph = _key_graph(kd, scale)
-            inputs.debug["vfm_keys"] = kd
+            if inputs.probe is not None:
+                inputs.probe.add("vfm_keys", kd)
             graph = distilled_graph(
                 clip_graph, vfm_graph, k_eigen=k_eigen, rank=rank, lam=lam,
-                eigenscaling=eigenscaling, options=options, debug=inputs.debug,
+                eigenscaling=eigenscaling, options=options, probe=inputs.probe,
             )
         else:
             graph = clip_graph

@@ -19,6 +19,7 @@ from ._image import as_rgb_float, pad_pixels, padded_size, resize_image, resized
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
 from ._presence import TextEncoder, adjust_text, cluster_leaders, cluster_queries, object_similarity
 from ._presets import DEFAULT_PRESET, Preset, get_preset
+from ._probe import EngineProbe
 from ._prompts import ClassPrompt, ClassesLike, normalize_classes
 from ._progress import CancelCallback, ProgressCallback, Reporter, StageTimer
 from ._result import SegmentationResult
@@ -136,7 +137,9 @@ class Segmenter:
         self._cache_size = int(cache_size)
         self._clusters: dict[tuple, np.ndarray] = {}
         self._omega: dict[tuple[int, int], torch.Tensor] = {}
-        self._debug: dict | None = None  # set to a dict to collect intermediates (tests)
+        # Testing hook: an EngineProbe (napari_cass.engine.testing) records intermediates
+        # and may impose the head matching; while set, the vision cache is bypassed.
+        self.probe: EngineProbe | None = None
         self.model_names: dict[str, str | None] = {}  # filled by from_pretrained
 
     # ------------------------------------------------------------------ building
@@ -267,7 +270,9 @@ class Segmenter:
         has_background = prompts[0].name.casefold() == "background"
         timer = StageTimer(self.device)
         start = time.perf_counter()
-        key = self._cache_key(image)
+        if self.probe is not None:  # a probed run computes (and records) every window
+            self.probe.reset()
+        key = self._cache_key(image) if self.probe is None else None
         vision = self._cache.get(key) if key is not None else None
         from_cache = vision is not None
         if vision is None:
@@ -385,8 +390,8 @@ class Segmenter:
             h, w = u8.shape[-2:]
             if h != w:
                 u8 = _pil_square_resize(u8, min(h, w))
-            if self._debug is not None:
-                self._debug.setdefault("vfm_uint8", []).append(u8.cpu())
+            if self.probe is not None:
+                self.probe.add("vfm_uint8", u8.cpu())
             x = (u8.float() / 255.0 - mean) / std
         else:
             x = (pixels / 255.0 - mean) / std
@@ -427,8 +432,7 @@ class Segmenter:
             with timer("clip_encoder"), self._autocast():
                 tokens = _float_tokens(self._clip.tokens_before_last(crops))
             inputs = MethodInputs(tokens=tokens, omega=self._omega_for(tokens.grid))
-            if self._debug is not None:
-                inputs.debug = self._debug.setdefault("windows", {})
+            inputs.probe = self.probe
             if self._vfm is not None and (self.method == "proxyclip" or (self.method == "cass" and self.options.vfm_graph)):
                 with timer("vfm_encoder"), self._autocast():
                     vfm_in = self._vfm_input(crop_px, crops)
@@ -487,10 +491,8 @@ class Segmenter:
         n_win, _, q = sims.shape
         gh, gw = vision.grid
         patch_logits = sims.permute(0, 2, 1).reshape(n_win, q, gh, gw)
-        if self._debug is not None:
-            self._debug.update(
-                prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits
-            )
+        if self.probe is not None:
+            self.probe.put(prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits)
         h, w = vision.resized
         merged = merge_windows(patch_logits, vision.windows, vision.padded)
         return merged if vision.padded == (h, w) else merged[:, :h, :w].contiguous()

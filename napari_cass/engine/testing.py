@@ -1,14 +1,17 @@
-"""Small random-weight models for tests and demos.
+"""Testing helpers: small random-weight models and the engine probe.
 
-Results of these models are meaningless: they exercise the mechanics (shapes,
-caching, progress, cancel, I/O) quickly on a CPU, nothing more.
+Results of the tiny models are meaningless: they exercise the mechanics (shapes,
+caching, progress, cancel, I/O) quickly on a CPU, nothing more. :class:`EngineProbe`
+records the engine's intermediates and can impose the head matching (parity tests).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_models"]
+from ._probe import EngineProbe
+
+__all__ = ["EngineProbe", "tiny_models"]
 
 
 def tiny_models(seed: int = 0, clip_heads: int = 4, vfm_heads: int = 4):
