@@ -9,11 +9,12 @@ and a warning says so.
 
 napari calls each writer as ``writer(path, data, meta) -> list[str]`` (the npe2
 single-layer API). Errors are :class:`LabelsWriterError`, deliberately *not* a
-``ValueError``: when no writer is picked explicitly (``viewer.layers.save``,
-``napari.save_layers``, the save dialog's default filter), napari's npe2 bridge
-catches ``ValueError`` from the writer and reports only "No data written! A plugin
-could not be found ...", hiding what was wrong. Any other exception reaches the
-caller, and in the GUI napari shows its message.
+``ValueError``: when napari picks the writer itself (``viewer.layers.save(path)``,
+``napari.save_layers``, a save dialog whose filter names no writer), its npe2 bridge
+(``napari.plugins._npe2.write_layers``, napari 0.9.2) catches ``ValueError`` from
+the writer and reports only "No data written! A plugin could not be found ...",
+hiding what was wrong. Any other exception reaches the caller, and in the GUI
+napari shows its message.
 """
 
 from __future__ import annotations
@@ -45,19 +46,17 @@ class LabelsWriterError(Exception):
     """
 
 
-_ACCEPTS = {
-    "png": "one 2-D (H, W) label image with labels 0-255",
-    "tif": "a 2-D (H, W) label image or a 3-D (Z, H, W) stack (multi-page TIFF)",
-    "coco": "one 2-D (H, W) label image",
+_ACCEPTS = {  # what each writer says it takes, first thing in each of its errors
+    "png": "The PNG writer takes one 2-D (H, W) label image with labels 0-255",
+    "tif": "The TIFF writer takes a 2-D (H, W) label image or a 3-D (Z, H, W) stack "
+           "(multi-page TIFF)",
+    "coco": "The COCO writer takes one 2-D (H, W) label image",
 }
-
-
-_FORMAT_NAMES = {"png": "PNG", "tif": "TIFF", "coco": "COCO"}
 
 
 def _label_array(data: Any, fmt: str, dims: tuple[int, ...]) -> np.ndarray:
     """``data`` as an integer array with ``ndim`` in ``dims``, or an error naming what fits."""
-    accepts = f"The {_FORMAT_NAMES[fmt]} writer takes {_ACCEPTS[fmt]}"
+    accepts = _ACCEPTS[fmt]
     if isinstance(data, (list, tuple)):
         raise LabelsWriterError(
             f"{accepts}; this Labels layer is multiscale ({len(data)} levels): "
@@ -65,8 +64,13 @@ def _label_array(data: Any, fmt: str, dims: tuple[int, ...]) -> np.ndarray:
         )
     arr = np.asarray(data)
     if arr.ndim not in dims:
-        stack = " (a 3-D stack): choose .tif in the save dialog, which saves stacks" if arr.ndim == 3 else ""
-        raise LabelsWriterError(f"{accepts}; this Labels layer has shape {arr.shape}{stack}.")
+        if arr.ndim == 3:
+            hint = " (a 3-D stack): choose .tif in the save dialog, which saves stacks"
+        elif arr.ndim > 3:
+            hint = ": save one (Z, H, W) part at a time (e.g. one time point)"
+        else:
+            hint = ""
+        raise LabelsWriterError(f"{accepts}; this Labels layer has shape {arr.shape}{hint}.")
     if arr.size == 0:
         raise LabelsWriterError(f"{accepts}; this Labels layer is empty (shape {arr.shape}).")
     if arr.dtype == bool:
@@ -182,7 +186,7 @@ def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     classes = layer_classes(labels, meta)
     if classes.n_labels > 256:
         raise LabelsWriterError(
-            f"The PNG writer takes {_ACCEPTS['png']}; this layer has {classes.n_labels} labels: "
+            f"{_ACCEPTS['png']}; this layer has {classes.n_labels} labels: "
             "choose .tif (16-bit) in the save dialog instead."
         )
     out = Path(path)

@@ -157,7 +157,7 @@ def test_bad_layers_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(LabelsWriterError, match=r"COCO writer takes one 2-D.*choose \.tif"):
         _write(write_labels_coco, tmp_path / "s.json", stack)
     with pytest.raises(LabelsWriterError, match=r"TIFF writer takes a 2-D \(H, W\) label image or a "
-                       r"3-D \(Z, H, W\) stack.*shape \(2, 2, 4, 4\)"):
+                       r"3-D \(Z, H, W\) stack.*shape \(2, 2, 4, 4\): save one \(Z, H, W\) part"):
         _write(write_labels_tiff, tmp_path / "s.tif", _layer(np.zeros((2, 2, 4, 4), np.uint8), ["a"]))
     assert not list(tmp_path.iterdir())  # nothing written by a refused save
     layer = _layer(np.full((8, 8), 5, np.uint8), ["a", "b"])
