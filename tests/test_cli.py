@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from napari_cass import cli
+from napari_cass.cli import _segment as segment_command
 from napari_cass.io import read_classes_json, read_label_image
 
 
@@ -37,7 +38,7 @@ def fake_models(tiny: tuple, monkeypatch: pytest.MonkeyPatch) -> list:
         built.append(args)
         return Segmenter.from_models(*tiny, method=args.method, preset=args.preset, device="cpu")
 
-    monkeypatch.setattr(cli, "_build_segmenter", build)
+    monkeypatch.setattr(segment_command, "build_segmenter", build)
     return built
 
 
@@ -60,6 +61,10 @@ def _write_images(folder: Path) -> dict[str, tuple[int, int]]:
     return {"street": (40, 56), "grey": (36, 30)}
 
 
+def _visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models, capsys) -> None:
     shapes = _write_images(tmp_path / "in")
     (tmp_path / "in" / "broken.png").write_bytes(b"this is not a png")
@@ -72,8 +77,9 @@ def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models,
     assert "broken.png" in captured.err and "skipped" in captured.err
     assert "Segmented 2 of 3 image(s)" in captured.out
     assert "Traceback" not in captured.err
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert _visible(out) == [
         "classes.json", "grey.png", "grey_overlay.png", "street.png", "street_overlay.png"]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
     doc = read_classes_json(out / "classes.json")
     classes = doc["classes"]
@@ -81,6 +87,10 @@ def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models,
     assert classes[0]["synonyms"] == ["sky", "wall"] and classes[1]["synonyms"] == ["cat", "kitten"]
     assert classes[0]["color"] == [0, 0, 0]
     assert doc["method"] == "clip" and doc["preset"] == "interactive" and doc["has_background"] is True
+    assert doc["run"] == {"method": "clip", "preset": "interactive", "clip": "ViT-B-16",
+                          "vfm": "dino_vitb8", "random_weights": False}
+    assert doc["images"] == {stem: str((tmp_path / "in" / f"{stem}.png").resolve())
+                             for stem in ("broken", "grey", "street")}
 
     for stem, shape in shapes.items():
         with Image.open(out / f"{stem}.png") as mask:
@@ -94,24 +104,38 @@ def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models,
     assert len(fake_models) == 1
 
 
-def test_existing_outputs_are_refused_before_the_model_loads(tmp_path, fake_models, capsys) -> None:
+def test_a_finished_folder_is_not_redone_and_overwrite_redoes_it(tmp_path, fake_models, capsys) -> None:
     _write_images(tmp_path / "in")
     out = tmp_path / "out"
     args = ["segment", str(tmp_path / "in" / "street.png"), "--classes", "cat, dog", "--method", "clip",
             "--out", str(out)]
     assert cli.main(args) == 0
-    before = (out / "street.png").read_bytes()
+    stamp = (out / "street.png").stat().st_mtime_ns
     capsys.readouterr()
 
-    assert cli.main(args) == 2
-    err = capsys.readouterr().err
-    assert "exist already" in err and "street.png" in err and "--overwrite" in err
-    assert err.count("\n") == 1  # one clear line, no traceback
-    assert len(fake_models) == 1  # refused before building the model
-    assert (out / "street.png").read_bytes() == before
+    assert cli.main(args) == 0  # resume: everything is done, no model is loaded
+    captured = capsys.readouterr()
+    assert "already segmented" in captured.out and "--overwrite" in captured.out
+    assert len(fake_models) == 1 and (out / "street.png").stat().st_mtime_ns == stamp
 
     assert cli.main([*args, "--overwrite"]) == 0
-    assert len(fake_models) == 2
+    assert len(fake_models) == 2 and "Segmented 1 of 1" in capsys.readouterr().out
+
+
+def test_files_not_made_by_napari_cass_are_refused_before_the_model_loads(tmp_path, fake_models,
+                                                                           capsys) -> None:
+    _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "street.png").write_bytes(b"the user's own file")
+    args = ["segment", str(tmp_path / "in" / "street.png"), "--classes", "cat", "--out", str(out)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "street.png" in err and "classes.json" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and not fake_models  # one clear line, before building the model
+    assert (out / "street.png").read_bytes() == b"the user's own file"
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert read_label_image(out / "street.png").shape == (40, 56)
 
 
 def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, fake_models, capsys) -> None:
@@ -135,20 +159,27 @@ def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, fake_models
 
 
 def test_recursive_folders_and_name_collisions(tmp_path, fake_models, capsys) -> None:
+    from napari_cass.io import plan_outputs
+
     for sub in ("a", "b"):
         _write_images(tmp_path / "in" / sub)
     out = tmp_path / "out"
     # Without --recursive the top folder has no images.
     assert cli.main(["segment", str(tmp_path / "in"), "--classes", "x", "--out", str(out)]) == 2
     assert "--recursive" in capsys.readouterr().err
-    # Two inputs with the same file name would write the same mask.
-    rc = cli.main(["segment", str(tmp_path / "in" / "a" / "grey.png"), str(tmp_path / "in" / "b" / "grey.png"),
-                   "--classes", "x", "--out", str(out)])
-    assert rc == 2 and "would both be written" in capsys.readouterr().err
-    assert not fake_models and not out.exists()
+    assert not out.exists()
+    # Two inputs with the same file name get different output names, recorded in classes.json.
+    first, second = tmp_path / "in" / "a" / "grey.png", tmp_path / "in" / "b" / "grey.png"
+    rc = cli.main(["segment", str(first), str(second), "--classes", "x", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"{second.resolve()} is written as grey_2.png" in err
+    assert _visible(out) == ["classes.json", "grey.png", "grey_2.png", "grey_2_overlay.png",
+                             "grey_overlay.png"]
+    assert read_classes_json(out / "classes.json")["images"] == {
+        "grey": str(first.resolve()), "grey_2": str(second.resolve())}
 
-    gathered = cli._gather_images([str(tmp_path / "in")], recursive=True, out=out)
-    assert [stem for _, stem in gathered] == ["a_grey", "a_street", "b_grey", "b_street"]
+    plan = plan_outputs([str(tmp_path / "in")], tmp_path / "elsewhere", recursive=True)
+    assert [item.name for item in plan.images] == ["a_grey", "a_street", "b_grey", "b_street"]
 
 
 @pytest.mark.parametrize("argv, message", [

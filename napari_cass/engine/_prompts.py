@@ -16,6 +16,7 @@ __all__ = [
     "load_class_file",
     "normalize_classes",
     "parse_classes",
+    "with_background",
 ]
 
 # Benchmarks whose first line is a list of stuff words standing for "background".
@@ -129,25 +130,90 @@ def _check_unique(prompts: list[ClassPrompt], typed: list[bool]) -> None:
             seen_words[w] = i
 
 
+def with_background(classes: ClassesLike, background: str | Sequence[str] | None) -> list[ClassPrompt]:
+    """The classes with a background class (class 0, "background") described by ``background``.
+
+    ``background`` is a list of words or a string of words separated by commas or ``|``;
+    ``None`` or empty returns the classes unchanged (validated). A background word that
+    is also a class name or a class word is an error: the two would tie and the class
+    could never win. If the classes already start with a "background" class (read from a
+    ``classes.json``), giving background words too is an error, since it is unclear which
+    words should describe the background.
+    """
+    prompts = normalize_classes(classes)
+    if isinstance(background, str):
+        background = [w for w in background.replace("|", ",").split(",")]
+    words = [w.strip() for w in (background or []) if w and w.strip()]
+    if not words:
+        check_background(prompts)
+        return prompts
+    if prompts[0].name.strip().casefold() == "background":
+        raise ValueError(
+            f"The class list already has a background class (words: {', '.join(prompts[0].queries)}) "
+            f"and background words were given too ({', '.join(words)}): give the background words "
+            "in one place only."
+        )
+    out = [ClassPrompt.from_words(words, name="background"), *prompts]
+    check_background(out)
+    return out
+
+
+def check_background(prompts: Sequence[ClassPrompt]) -> None:
+    """Refuse a background class (class 0) that shares a word with another class.
+
+    The benchmark lists are not checked with this (COCO-Object's background reuses
+    "bed", as in the paper); everything a user types or loads is.
+    """
+    if not prompts or prompts[0].name.strip().casefold() != "background":
+        for p in prompts[1:]:
+            if p.name.strip().casefold() == "background":
+                raise ValueError(
+                    "'background' is reserved for class 0: remove that class and give the words "
+                    "that describe the background as background words (--background) instead."
+                )
+        return
+    own = {w.casefold(): w for w in prompts[0].queries}
+    for p in prompts[1:]:
+        if p.name.strip().casefold() == "background":
+            raise ValueError("'background' can be class 0 only: remove the second 'background' class.")
+        for word in (p.name, *p.queries):
+            if word.casefold() in own:
+                raise ValueError(
+                    f"The background word {own[word.casefold()]!r} is also the class {p.name!r}: "
+                    "a word can describe only one class, and the class could never win. Remove "
+                    f"{own[word.casefold()]!r} from the background words, or remove the class."
+                )
+
+
 def load_class_file(path: str | Path) -> list[ClassPrompt]:
     """Read a class list file.
 
     ``.json``: a list of names or of synonym lists, ``{"classes": [...]}``, or the
     ``classes.json`` written by napari-cass (``{"0": {"name": ...}, ...}`` or
-    ``{"classes": [{"id": 0, "name": ..., "synonyms": [...]}]}``).
+    ``{"classes": [{"id": 0, "name": ..., "synonyms": [...]}]}``). In a class table
+    whose row 0 is "background", that row is label 0: with synonyms it becomes the
+    background class (first prompt, named "background", its synonyms as words); without,
+    it is left out, so a ``classes.json`` written by napari-cass segments the same way
+    when read back (see :func:`napari_cass.io.class_words`).
     Anything else: the benchmark text format, one class per line, synonyms
-    separated by commas.
+    separated by commas. Files must be UTF-8; others are refused with the file named.
     """
+    from ..io._classes_json import read_text_utf8
+
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Class list {path} is a folder; give a text or .json file.")
     if not path.is_file():
         raise FileNotFoundError(f"Class list file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return normalize_classes(_classes_from_json(data, path))
+        prompts = normalize_classes(_classes_from_json(data, path))
+        check_background(prompts)
+        return prompts
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
@@ -156,8 +222,13 @@ def load_class_file(path: str | Path) -> list[ClassPrompt]:
 
 
 def _classes_from_json(data, path: Path) -> list:
+    from ..io._classes_json import class_words
+
     if isinstance(data, dict) and "classes" in data:
+        table = data
         data = data["classes"]
+    else:
+        table = {}
     if isinstance(data, dict):  # {"0": {"name": ...}} or {"0": "name"}
         try:
             items = sorted(data.items(), key=lambda kv: int(kv[0]))
@@ -166,16 +237,30 @@ def _classes_from_json(data, path: Path) -> list:
         data = [v for _, v in items]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of classes.")
+    if data and all(isinstance(item, dict) for item in data):
+        rows = []
+        for i, item in enumerate(data):
+            name = item.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"{path}: every class needs a 'name' (entry {i} has none).")
+            synonyms = item.get("synonyms", [])
+            if not isinstance(synonyms, list) or not all(isinstance(w, str) for w in synonyms):
+                raise ValueError(f"{path}: the synonyms of {name!r} must be a list of words.")
+            rows.append({"id": i, "name": name, "synonyms": synonyms})
+        background, classes = class_words({**table, "classes": rows})
+        out = [ClassPrompt.from_words(words, name=name) for name, words in classes]
+        if background:
+            out.insert(0, ClassPrompt.from_words(background, name="background"))
+        if not out:
+            raise ValueError(
+                f"{path} lists only a word-less 'background' row: add at least one class."
+            )
+        return out
     out = []
     for item in data:
         if isinstance(item, dict):
-            name = item.get("name")
-            if not isinstance(name, str):
-                raise ValueError(f"{path}: every class needs a 'name'.")
-            syn = [s for s in item.get("synonyms", []) if s != name]
-            out.append(ClassPrompt.from_words([name, *syn], name=name))
-        else:
-            out.append(item)
+            raise ValueError(f"{path}: mix of class objects and plain names; use one form.")
+        out.append(item)
     return out
 
 

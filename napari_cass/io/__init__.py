@@ -1,35 +1,84 @@
-"""Qt-free input/output shared by the CLI and the napari plugin.
+"""Qt-free input/output shared by the CLI, the napari plugin, batch runners and servers.
 
 Label images (indexed PNG / uint16 TIFF), ``classes.json``, quick-look overlays,
-COCO annotations and dataset folders. Every writer refuses to overwrite unless
-asked to, and writes atomically.
+COCO annotations, dataset folders, input images read under a pixel limit, and the
+output folders of segmentation runs (planned names, resume, consistent class tables).
+Every writer refuses to overwrite unless asked to, and writes atomically.
 """
 
 from __future__ import annotations
 
 from ._atomic import atomic_write, check_targets
-from ._classes_json import CLASSES_FORMAT, read_classes_json, write_classes_json
+from ._classes_json import CLASSES_FORMAT, class_words, read_classes_json, read_text_utf8, write_classes_json
 from ._coco import labels_to_coco
 from ._dataset import export_dataset_item
-from ._names import safe_filename, unique_filenames
+from ._images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    MAX_PIXELS_ENV,
+    ImageTooLargeError,
+    check_pixel_limit,
+    image_size,
+    max_pixels_limit,
+    parse_pixel_count,
+    read_image,
+)
 from ._masks import read_label_image, write_indexed_png, write_label_tiff
+from ._names import safe_filename, unique_filenames
 from ._overlay import overlay_labels, to_uint8_rgb
 from ._palette import label_palette
+from ._plan import OutputPlan, PlannedImage, check_writable_folder, list_images, plan_outputs
+from ._run_folder import (
+    FolderDecision,
+    OutputConflictError,
+    RunClasses,
+    RunLock,
+    check_output_folder,
+    clean_temp_files,
+    image_done,
+    start_run,
+    write_image_outputs,
+)
 
 __all__ = [
     "CLASSES_FORMAT",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS_ENV",
+    "FolderDecision",
+    "ImageTooLargeError",
+    "OutputConflictError",
+    "OutputPlan",
+    "PlannedImage",
+    "RunClasses",
+    "RunLock",
     "atomic_write",
+    "check_output_folder",
+    "check_pixel_limit",
     "check_targets",
+    "check_writable_folder",
+    "class_words",
+    "clean_temp_files",
     "export_dataset_item",
+    "image_done",
+    "image_size",
     "label_palette",
     "labels_to_coco",
+    "list_images",
+    "max_pixels_limit",
     "overlay_labels",
+    "parse_pixel_count",
+    "plan_outputs",
     "read_classes_json",
+    "read_image",
     "read_label_image",
+    "read_text_utf8",
     "safe_filename",
+    "start_run",
     "to_uint8_rgb",
     "unique_filenames",
     "write_classes_json",
+    "write_image_outputs",
     "write_indexed_png",
     "write_label_tiff",
 ]

@@ -12,7 +12,14 @@ import numpy as np
 
 from ._atomic import atomic_write
 
-__all__ = ["CLASSES_FORMAT", "read_classes_json", "write_classes_json", "classes_table"]
+__all__ = [
+    "CLASSES_FORMAT",
+    "classes_table",
+    "class_words",
+    "read_classes_json",
+    "read_text_utf8",
+    "write_classes_json",
+]
 
 CLASSES_FORMAT = "napari-cass/classes@1"
 
@@ -72,7 +79,7 @@ def read_classes_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"Class file {p} does not exist.")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(read_text_utf8(p))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p} is not valid JSON ({exc}).") from exc
     if not isinstance(doc, dict) or doc.get("format") != CLASSES_FORMAT:
@@ -103,3 +110,63 @@ def read_classes_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise ValueError(f"{p}: class names are repeated.")
     return doc
+
+
+def read_text_utf8(path: str | os.PathLike[str]) -> str:
+    """Read a text file as UTF-8 (a leading byte-order mark is dropped).
+
+    A file saved in another encoding (Latin-1, Windows-1252, UTF-16...) raises
+    ``ValueError`` naming the file, the first bad byte and what to do, instead of a bare
+    ``UnicodeDecodeError``.
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start:exc.start + 1].hex()
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{p} is not UTF-8 text (byte 0x{bad} on line {line}); it was probably saved in "
+            "another encoding such as Latin-1 or Windows-1252. Save it as UTF-8 (in most "
+            "editors: Save As, Encoding: UTF-8) and try again."
+        ) from None
+
+
+def class_words(doc: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """What a napari-cass ``classes.json`` asks the engine: background words and classes.
+
+    The one reading of a class table shared by the CLI (``--classes-file``) and the
+    widget, so a ``classes.json`` written by either segments the same way when read back.
+    Row 0 named "background" is label 0: its synonyms are the background words; without
+    words (or with ``"has_background": false``) it is no class at all, only the value of
+    unlabelled pixels. Every other row is a class whose words are its name followed by its
+    synonyms (repeats dropped: the CLI stores the name among the synonyms, the widget does
+    not). A table whose row 0 is not "background" has no background row.
+
+    Returns
+    -------
+    background_words : list of str
+        Empty when the table has no background class.
+    classes : list of (name, words)
+        In label order; ``words[0]`` is the name.
+    """
+    rows = sorted(doc["classes"], key=lambda c: int(c["id"]))
+    background: list[str] = []
+    if rows and str(rows[0]["name"]).strip().casefold() == "background":
+        if doc.get("has_background", True) is not False:
+            background = _unique([str(w) for w in rows[0].get("synonyms") or []])
+        rows = rows[1:]
+    classes = []
+    for row in rows:
+        name = str(row["name"]).strip()
+        classes.append((name, _unique([name, *(str(w) for w in row.get("synonyms") or [])])))
+    return background, classes
+
+
+def _unique(words: list[str]) -> list[str]:
+    out: list[str] = []
+    for w in (w.strip() for w in words):
+        if w and w not in out:
+            out.append(w)
+    return out

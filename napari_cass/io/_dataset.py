@@ -40,6 +40,15 @@ def export_dataset_item(root: str | os.PathLike[str], stem: str, image: np.ndarr
         )
     names = list(names)
     table = classes_table(names, colors, synonyms)
+    if lab.size and np.issubdtype(lab.dtype, np.integer):
+        unknown = np.unique(lab[(lab < 0) | (lab >= len(names))])
+        if unknown.size:
+            shown = ", ".join(str(int(v)) for v in unknown[:8]) + (", ..." if unknown.size > 8 else "")
+            raise ValueError(
+                f"The labels of {stem!r} hold value(s) {shown} that no class describes (the class "
+                f"list has values 0..{len(names) - 1}): add the missing classes or repaint those "
+                "pixels before exporting."
+            )
     mask_suffix = ".png" if len(names) <= 256 else ".tif"
     image_path = root / "images" / f"{safe}.png"
     mask_path = root / "masks" / f"{safe}{mask_suffix}"
@@ -58,6 +67,8 @@ def export_dataset_item(root: str | os.PathLike[str], stem: str, image: np.ndarr
                 "same class list."
             )
     check_targets([image_path, mask_path], overwrite)
+    if not classes_path.exists():  # the table first: a mask is never without one
+        write_classes_json(classes_path, names, colors, synonyms)
 
     from PIL import Image
 
@@ -67,6 +78,4 @@ def export_dataset_item(root: str | os.PathLike[str], stem: str, image: np.ndarr
         write_indexed_png(mask_path, lab, np.asarray(colors)[: len(names)], overwrite=overwrite)
     else:
         write_label_tiff(mask_path, lab, overwrite=overwrite)
-    if not classes_path.exists():
-        write_classes_json(classes_path, names, colors, synonyms)
     return {"image": image_path, "mask": mask_path, "classes": classes_path}

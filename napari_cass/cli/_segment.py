@@ -1,0 +1,242 @@
+"""``napari-cass segment``: images or folders into masks, overlays and one ``classes.json``.
+
+Everything that can be checked without the models is checked first: the class list,
+the background words, the output folder (writable, not under a file), every output
+name (collision-free), and what the folder already holds (resume, or refuse a mix of
+class lists). Only then do the models load. The folder logic is
+:mod:`napari_cass.io`'s (``plan_outputs``, ``check_output_folder``, ``start_run``,
+``write_image_outputs``), shared with other runners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    CLIP_CHOICES,
+    IMAGE_SUFFIXES,
+    METHOD_CHOICES,
+    PRESET_CHOICES,
+    VFM_CHOICES,
+    CliError,
+)
+
+__all__ = ["add_segment_parser", "build_segmenter", "run_settings"]
+
+_SEGMENT_EPILOG = """\
+examples:
+  napari-cass segment photo.jpg --classes "cat, dog, grass" --out results
+  napari-cass segment images/ --classes-file classes.txt --background "sky, wall" --out masks
+  napari-cass segment scans/ --recursive --classes "cell | nucleus, debris" --out out
+
+Writes <out>/classes.json first (mask value -> name, colour, words; the run's settings;
+the source of every output name), then <out>/<name>.png (indexed mask: value k = class k
+of classes.json, 0 = background) and <out>/<name>_overlay.png (quick look) per image.
+Names keep the images' letters; two images that would share a name get _2, _3...
+
+Run the same command again after an interruption: finished images are skipped. A folder
+made with other classes or settings is refused (--overwrite replaces its results).
+Images above --max-pixels (default 100 megapixels, or $NAPARI_CASS_MAX_PIXELS) are
+refused before decoding.
+"""
+
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``segment`` on the top-level sub-parsers."""
+    seg = sub.add_parser(
+        "segment", help="segment images or folders of images into the classes you name",
+        description="Segment images into named classes and write label masks.",
+        epilog=_SEGMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                     help=f"image files or folders ({', '.join(IMAGE_SUFFIXES)})")
+    group = seg.add_mutually_exclusive_group(required=True)
+    group.add_argument("--classes", help='class names, e.g. "cat, dog, grass"; "|" separates synonyms')
+    group.add_argument("--classes-file", type=Path,
+                       help="UTF-8 text file (one class per line, synonyms by commas) or classes.json "
+                            "(e.g. one written by an earlier run: it segments the same way)")
+    seg.add_argument("--background", help='words for the background class (class 0), e.g. "sky, wall"')
+    seg.add_argument("--method", default="cass", choices=METHOD_CHOICES, help="default: cass")
+    seg.add_argument("--preset", default="interactive", choices=PRESET_CHOICES, help="default: interactive")
+    seg.add_argument("--clip", default="ViT-B-16", choices=CLIP_CHOICES, help="default: ViT-B-16")
+    seg.add_argument("--vfm", default="dino_vitb8", choices=VFM_CHOICES, help="default: dino_vitb8")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    seg.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    seg.add_argument("--max-pixels", default=None, metavar="N",
+                     help="refuse images with more pixels (e.g. 250M, 2.5e8; 0 = no limit); default "
+                          "$NAPARI_CASS_MAX_PIXELS or 100M")
+    seg.add_argument("--random-weights", action="store_true",
+                     help="random model weights: for testing the pipeline only, results are meaningless")
+    seg.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    seg.add_argument("--overwrite", action="store_true",
+                     help="redo finished images, and replace results made with other classes")
+    seg.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
+    seg.set_defaults(func=_cmd_segment)
+    return seg
+
+
+def build_segmenter(args: argparse.Namespace) -> Any:
+    """Build the Segmenter for ``segment`` (tests replace this with tiny random models)."""
+    from ..engine import Segmenter
+
+    random = bool(args.random_weights)
+    kwargs: dict[str, Any] = {}
+    if args.threads:
+        kwargs["threads"] = args.threads
+    with warnings.catch_warnings():
+        if random:  # the CLI already printed its own warning
+            warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
+        return Segmenter.from_pretrained(
+            clip=args.clip, clip_weights="random" if random else "openai",
+            vfm=args.vfm, vfm_weights="random" if random else "pretrained",
+            method=args.method, preset=args.preset, device=args.device, **kwargs,
+        )
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What, besides the classes, decides the masks: recorded in and compared with classes.json."""
+    return {"method": args.method, "preset": args.preset, "clip": args.clip, "vfm": args.vfm,
+            "random_weights": bool(args.random_weights)}
+
+
+def _class_prompts(args: argparse.Namespace) -> list[Any]:
+    """The classes in engine order, background first if any; every check done here."""
+    from ..engine import load_class_file, normalize_classes
+    from ..engine._prompts import with_background
+
+    if args.classes_file is not None:
+        if not args.classes_file.exists():
+            raise CliError(f"Class file {args.classes_file} does not exist.")
+        prompts = load_class_file(args.classes_file)
+    else:
+        prompts = normalize_classes(args.classes)
+    if args.background is not None and not [w for w in args.background.replace("|", ",").split(",")
+                                            if w.strip()]:
+        raise CliError('--background is empty; give words such as "sky, wall", or leave it out.')
+    try:
+        return with_background(prompts, args.background)
+    except ValueError as exc:
+        raise CliError(str(exc).replace("background words were given too",
+                                        "--background was given too")) from None
+
+
+def _say(message: str) -> None:
+    print(f"napari-cass: {message}", file=sys.stderr)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from ..io import (RunClasses, RunLock, check_output_folder, clean_temp_files, max_pixels_limit,
+                      plan_outputs)
+
+    # 1. Everything that can be checked without the models, before loading them.
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1.")
+    try:
+        max_pixels = max_pixels_limit(args.max_pixels)
+    except ValueError as exc:
+        raise CliError(f"--max-pixels: {exc}") from None
+    prompts = _class_prompts(args)
+    classes = RunClasses.from_prompts(prompts)
+    mask_suffix = ".png" if len(classes.names) <= 256 else ".tif"
+    out: Path = args.out.expanduser()
+    plan = plan_outputs(args.inputs, out, recursive=args.recursive, mask_suffix=mask_suffix)
+    for item in plan.renamed()[:10]:
+        _say(f"note: {item.source} is written as {item.mask.name} (another image has its name).")
+    if len(plan.renamed()) > 10:
+        _say(f"note: {len(plan.renamed()) - 10} more images renamed; classes.json lists every source.")
+    settings = run_settings(args)
+    created = not out.exists()
+    lock = RunLock(out).acquire()
+    try:
+        removed = clean_temp_files(out)
+        if removed:
+            _say(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}.")
+        decision = check_output_folder(plan, classes, settings, overwrite=args.overwrite)
+        todo = decision.todo(plan)
+        if not todo:
+            print(f"All {len(plan.images)} image(s) are already segmented into {out} with these "
+                  "classes; nothing to do (--overwrite redoes them).")
+            return 0
+        if decision.done:
+            _say(f"resuming: {len(decision.done)} of {len(plan.images)} image(s) are already done in {out}.")
+        return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels)
+    finally:
+        lock.release()
+        if created and not plan.classes_path.exists():  # failed before writing anything
+            lock.path.unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+
+
+def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels) -> int:
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from ..io import read_image, start_run, write_image_outputs
+
+    # 2. The models, then the class table before the first mask.
+    if args.random_weights:
+        _say("warning: --random-weights: models have random weights; the masks are meaningless "
+             "(use this only to test the pipeline).")
+    segmenter = build_segmenter(args)
+    start_run(plan, classes, settings, decision, extra={
+        "method": segmenter.method,
+        "preset": getattr(segmenter.preset, "name", str(segmenter.preset)),
+        "models": dict(getattr(segmenter, "model_names", {}) or {}),
+        "random_weights": bool(args.random_weights),
+        "napari_cass_version": __version__,
+    })
+
+    failures: list[tuple[Path, str]] = []
+    written = 0
+    bar = tqdm(todo, desc="Images", unit="img", file=sys.stderr, disable=None)
+    crop_bar: Any = None
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        nonlocal crop_bar
+        if bar.disable:
+            return
+        if crop_bar is None:
+            crop_bar = tqdm(total=total, desc="Crops", position=1, leave=False, file=sys.stderr)
+        crop_bar.total = total
+        crop_bar.n = done
+        crop_bar.set_postfix_str(message, refresh=True)
+
+    try:
+        for item in bar:
+            bar.set_postfix_str(item.source.name)
+            try:
+                image = read_image(item.source, max_pixels=max_pixels or 0)
+                result = segmenter.segment(image, prompts, progress=on_progress)
+            except Exception as exc:  # a bad image must not stop the run
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                failures.append((item.source, reason))
+                tqdm.write(f"napari-cass: skipped {item.source}: {reason}", file=sys.stderr)
+                continue
+            finally:
+                if crop_bar is not None:
+                    crop_bar.close()
+                    crop_bar = None
+            write_image_outputs(item, image, result, classes)
+            written += 1
+    except KeyboardInterrupt:
+        bar.close()
+        done = len(decision.done) + written
+        _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {plan.out_dir}; "
+             "run the same command again to finish the others.")
+        raise
+    bar.close()
+    print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
+          + (f"; {len(decision.done)} more were already done." if decision.done else "."))
+    if failures:
+        _say(f"{len(failures)} image(s) failed:")
+        for path, reason in failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
