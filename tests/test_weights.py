@@ -1,8 +1,9 @@
-"""Weight resolution, cache, safe loading and import (napari_cass.engine._weights).
+"""Weight resolution, cache, checked loading and import (napari_cass.engine._weights).
 
 All models here have random weights (small test models registered in the model
 tables); only the mechanics are checked: where files are looked for, what errors
-say, and that tensors round-trip exactly.
+say, and that tensors round-trip exactly. Hostile files: test_weights_security.py;
+the first run without weights: test_weights_first_run.py.
 """
 
 from __future__ import annotations
@@ -14,50 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _weights_fixtures import env, hf_snapshot, local_hub, same_weights, tiny_clip, tiny_vit  # noqa: F401
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_cass.engine import _weights as W
-
-
-def _tiny_vit(dim: int = 32) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=dim, depth=1, num_heads=2, num_classes=0)
-
-
-def _tiny_clip() -> nn.Module:
-    from napari_cass.engine.testing import tiny_models
-
-    return tiny_models()[0]
-
-
-@pytest.fixture()
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Empty napari-cass cache, empty HF cache, offline, and two tiny registered models."""
-    import huggingface_hub.constants as hf_constants
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("NAPARI_CASS_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("NAPARI_CASS_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setitem(W.VFM_MODELS, "tiny_vfm", W.ModelSpec(
-        name="tiny_vfm", kind="vfm", arch="tiny_vit_test", cache_stem="tiny_vit_test", factory=_tiny_vit,
-        source=W.HubSource("napari-cass-tests/tiny-vit", ("model.safetensors", "pytorch_model.bin"),
-                           "https://example.invalid/tiny_vit.pth"),
-    ))
-    monkeypatch.setitem(W.CLIP_MODELS, "tiny_clip", W.ModelSpec(
-        name="tiny_clip", kind="clip", arch="tiny_clip_test", cache_stem="tiny_clip_openai",
-        factory=_tiny_clip, tokenizer="ViT-B-16",
-        source=W.HubSource("napari-cass-tests/tiny-clip", ("open_clip_model.safetensors",)),
-    ))
-    return cache
-
-
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_cache_dir_follows_environment(env: Path) -> None:
@@ -69,10 +31,14 @@ def test_offline_miss_names_files_folders_hub_and_import_command(env: Path) -> N
         W.build_vfm("tiny_vfm")
     msg = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
+    assert info.value.models == ("tiny_vfm",)
+    assert "HF_HUB_OFFLINE=1" in msg
     assert "tiny_vit_test.safetensors" in msg and "tiny_vit_test.pth" in msg
     assert str(env / "vfm") in msg
-    assert "napari-cass-tests/tiny-vit" in msg and "https://example.invalid/tiny_vit.pth" in msg
+    assert "napari-cass-tests/tiny-vit/resolve/main/model.safetensors" in msg
+    assert "https://example.invalid/tiny_vit.pth" in msg
     assert "napari-cass weights import PATH --model tiny_vfm" in msg
+    assert "overwrite=True" not in msg and "[Errno" not in msg
 
 
 def test_offline_miss_for_the_default_clip_fails_before_building(env: Path, monkeypatch) -> None:
@@ -86,18 +52,19 @@ def test_offline_miss_for_the_default_clip_fails_before_building(env: Path, monk
     msg = str(info.value)
     assert "ViT-B-16_openai.safetensors" in msg
     assert "timm/vit_base_patch16_clip_224.openai" in msg
+    assert "openaipublic.azureedge.net/clip/models/" in msg  # the original release is accepted too
     assert "--model ViT-B-16" in msg
 
 
 def test_napari_offline_variable_also_counts(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("NAPARI_CASS_OFFLINE", "1")
-    with pytest.raises(W.WeightsNotFoundError, match="offline"):
+    with pytest.raises(W.WeightsNotFoundError, match="NAPARI_CASS_OFFLINE=1"):
         W.build_vfm("tiny_vfm")
 
 
 def test_dino_teacher_checkpoint_imports_and_round_trips(env: Path, tmp_path: Path) -> None:
-    source = _tiny_vit()
+    source = tiny_vit()
     teacher = {f"backbone.{k}": v for k, v in source.state_dict().items()}
     teacher["head.mlp.0.weight"] = torch.zeros(4, 32)  # DINO's training-only projection head
     ckpt = tmp_path / "dino_teacher.pth"
@@ -106,20 +73,21 @@ def test_dino_teacher_checkpoint_imports_and_round_trips(env: Path, tmp_path: Pa
     stored = W.import_weights(ckpt, "tiny_vfm")
     assert stored == env / "vfm" / "tiny_vit_test.safetensors"
     assert set(load_file(str(stored))) == set(source.state_dict())
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(FileExistsError, match="add --overwrite") as info:
         W.import_weights(ckpt, "tiny_vfm")
+    assert "overwrite=True" not in str(info.value)
     W.import_weights(ckpt, "tiny_vfm", overwrite=True)
 
     loaded = W.build_vfm("tiny_vfm")  # offline, found in the cache
     assert not loaded.training
-    assert _same_weights(loaded, source)
+    assert same_weights(loaded, source)
     row = [r for r in W.weights_status() if r["model"] == "tiny_vfm"][0]
     assert row["present"] and row["path"] == str(stored) and row["kind"] == "vfm"
 
 
 def test_shape_mismatch_names_file_key_and_both_shapes(env: Path, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.safetensors"
-    save_file(_tiny_vit(dim=64).state_dict(), str(wrong))
+    save_file(tiny_vit(dim=64).state_dict(), str(wrong))
     with pytest.raises(ValueError) as info:
         W.import_weights(wrong, "tiny_vfm")
     msg = str(info.value)
@@ -129,7 +97,7 @@ def test_shape_mismatch_names_file_key_and_both_shapes(env: Path, tmp_path: Path
 
 
 def test_missing_and_unexpected_keys_are_reported(env: Path, tmp_path: Path) -> None:
-    state = _tiny_vit().state_dict()
+    state = tiny_vit().state_dict()
     state.pop("norm.weight")
     state["extra.weight"] = torch.zeros(2)
     path = tmp_path / "partial.pth"
@@ -138,26 +106,17 @@ def test_missing_and_unexpected_keys_are_reported(env: Path, tmp_path: Path) -> 
         W.build_vfm("tiny_vfm", path)
 
 
-def test_pickled_objects_are_never_loaded(env: Path, tmp_path: Path) -> None:
+def test_checkpoint_with_pickled_objects_is_refused(env: Path, tmp_path: Path) -> None:
     path = tmp_path / "full_checkpoint.pth"
-    torch.save({"model": _tiny_vit().state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
-    with pytest.raises(ValueError, match="never unpickles"):
+    torch.save({"model": tiny_vit().state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(ValueError, match="never unpickles") as info:
         W.load_state_dict_file(path)
-
-
-def test_torchscript_archive_is_read_without_unpickling(tmp_path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, still works
-        module = torch.jit.script(nn.Linear(3, 2))
-    path = tmp_path / "scripted.pt"
-    module.save(str(path))
-    state = W.load_state_dict_file(path)
-    assert set(state) == {"weight", "bias"}
-    assert torch.equal(state["weight"], module.weight)
+    assert "weights_only=False" not in str(info.value)
+    assert "state_dict()" in str(info.value)
 
 
 def test_explicit_clip_file_with_openai_extras(env: Path, tmp_path: Path) -> None:
-    source = _tiny_clip()
+    source = tiny_clip()
     state = {f"module.{k}": v.half() for k, v in source.state_dict().items()}  # DDP prefix, fp16
     state["input_resolution"] = torch.tensor(224)  # keys OpenAI's archives carry
     state["logit_scale"] = state["module.logit_scale"].reshape(1)
@@ -206,24 +165,25 @@ def test_weights_status_lists_every_model_as_missing(env: Path) -> None:
 
 def test_hugging_face_cache_is_used_when_present(env: Path, tmp_path: Path) -> None:
     """A file already in the HF cache (e.g. from an earlier timm run) needs no download."""
-    snapshot = tmp_path / "hf" / "models--napari-cass-tests--tiny-vit" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (tmp_path / "hf" / "models--napari-cass-tests--tiny-vit" / "refs").mkdir()
-    (tmp_path / "hf" / "models--napari-cass-tests--tiny-vit" / "refs" / "main").write_text("abc")
-    source = _tiny_vit()
+    snapshot = hf_snapshot(tmp_path / "hf", "napari-cass-tests/tiny-vit")
+    source = tiny_vit()
     save_file(source.state_dict(), str(snapshot / "model.safetensors"))
-    assert _same_weights(W.build_vfm("tiny_vfm"), source)
+    assert same_weights(W.build_vfm("tiny_vfm"), source)
+    # `weights download` converts it into our cache without any network access.
+    stored = W.download_weights("tiny_vfm")
+    assert stored == env / "vfm" / "tiny_vit_test.safetensors"
+    assert set(load_file(str(stored))) == set(source.state_dict())
 
 
-def test_download_lands_in_cache_with_progress(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_lands_in_cache_with_progress(env: Path, local_hub: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    source = _tiny_vit()
+    source = tiny_vit()
     calls: list[str] = []
 
     def fake_download(repo_id: str, filename: str, *, local_dir, tqdm_class=None, **kwargs):
         calls.append(f"{repo_id}/{filename}")
+        assert kwargs["etag_timeout"] <= 10  # a short metadata timeout, not the 60 s retry window
         if filename == "model.safetensors":
             raise OSError("404: no safetensors variant")
         path = Path(local_dir) / filename
@@ -239,23 +199,24 @@ def test_download_lands_in_cache_with_progress(env: Path, monkeypatch: pytest.Mo
     seen: list[tuple[int, int, str]] = []
     model = W.build_vfm("tiny_vfm", progress=lambda d, t, m: seen.append((d, t, m)))
     assert calls == ["napari-cass-tests/tiny-vit/model.safetensors", "napari-cass-tests/tiny-vit/pytorch_model.bin"]
-    assert _same_weights(model, source)
+    assert same_weights(model, source)
     assert [(d, t) for d, t, _ in seen] == [(120, 200), (200, 200)]
     assert "tiny_vfm" in seen[0][2]
     assert sorted(p.name for p in (env / "vfm").iterdir()) == ["tiny_vit_test.safetensors"]  # temp removed
 
 
-def test_download_failure_explains_what_to_do(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_failure_explains_what_to_do(env: Path, local_hub: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    def broken_download(*args, **kwargs):
+        raise ConnectionError("connection reset by peer")
 
-    def no_network(*args, **kwargs):
-        raise ConnectionError("Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken_download)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(W.WeightsNotFoundError, match=r"download failed.*ConnectionError.*weights import"):
+        with pytest.raises(W.WeightsNotFoundError) as info:
             W.download_weights("tiny_vfm")
+    msg = str(info.value)
+    assert "the download failed" in msg and "ConnectionError: connection reset by peer" in msg
+    assert "napari-cass weights import PATH --model tiny_vfm" in msg
     assert not any(p.name.startswith(".download") for p in (env / "vfm").iterdir())
