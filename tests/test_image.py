@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from napari_cass.engine._image import _opencv_linear_uint8, as_rgb_float, resize_image
+from napari_cass.engine._image import _opencv_linear_uint8, as_rgb_float, pad_pixels, padded_size, resize_image
 
 from _parity_data import needs_parity_data, parity_dir  # noqa: F401 (fixture)
 
@@ -59,3 +60,17 @@ def test_default_resize_is_antialiased():
     assert small.std() < 60 and abs(small.mean().item() - 127.5) < 5
     aliased = resize_image(img, (16, 16), reference_quirks=True)
     assert aliased.std() > 120
+
+
+def test_padding_only_touches_images_below_one_patch():
+    assert padded_size(336, 504, 16) == (336, 504)  # ordinary images are not padded
+    assert padded_size(16, 2048, 16) == (16, 2048)
+    assert padded_size(8, 2048, 16) == (16, 2048)  # a 2 x 500 kymograph after the resize
+    assert padded_size(2048, 2, 16) == (2048, 16)
+    px = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(3, 2, 5)
+    out = pad_pixels(px, (16, 7))
+    assert out.shape == (3, 16, 7)
+    assert torch.equal(out[:, :2, :5], px)  # the image is untouched, at the top left
+    assert torch.equal(out[:, 2:, :5], px[:, 1:2].expand(-1, 14, -1))  # last row repeated
+    assert torch.equal(out[:, :, 5:], out[:, :, 4:5].expand(-1, -1, 2))  # last column repeated
+    assert pad_pixels(px, (2, 5)) is px

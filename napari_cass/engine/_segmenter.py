@@ -510,5 +510,5 @@ def _pil_square_resize(u8: torch.Tensor, side: int) -> torch.Tensor:
     out = []
     for img in u8.cpu():
         pil = Image.fromarray(img.permute(1, 2, 0).numpy())
-        out.append(torch.from_numpy(np.asarray(pil.resize((side, side), Image.BICUBIC))).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(pil.resize((side, side), Image.BICUBIC))).permute(2, 0, 1))
     return torch.stack(out).to(u8.device)
