@@ -294,7 +294,8 @@ class BatchSession:
         Parameters
         ----------
         image : ndarray
-            The image (copied to ``images/<name>.png`` once per session).
+            The image (copied to ``images/<name>.png``; :meth:`save` rewrites the copy
+            once per session, :meth:`save_if_changed` only when it is missing).
         labels : ndarray
             The (H, W) mask; every value must be a label of ``classes``.
         classes : LabelClasses
@@ -340,14 +341,6 @@ class BatchSession:
         written: dict[str, Path] = {}
         if self._update_classes(classes) is not None:  # first: classes.json covers every mask
             written["classes"] = paths["classes"]
-        if i not in self._image_written or not paths["image"].is_file():
-            from PIL import Image
-
-            rgb = to_uint8_rgb(image)
-            with atomic_write(paths["image"], overwrite=True) as tmp:
-                Image.fromarray(rgb).save(tmp, format="PNG")
-            self._image_written.add(i)
-            written["image"] = paths["image"]
         digest = _digest(lab)
         if force or self._digests.get(i) != digest or self.mask_path(i) != paths["mask"]:
             if mask_suffix == ".png":
@@ -360,6 +353,16 @@ class BatchSession:
                 stale = self.output_dir / "masks" / f"{stem}{other}"
                 if other != mask_suffix and stale.is_file():
                     stale.unlink()
+        # The image copy last: it costs seconds for a large photo, the mask is what matters.
+        # It derives from the source file, so one from an earlier session is kept.
+        if not paths["image"].is_file() or (force and i not in self._image_written):
+            from PIL import Image
+
+            rgb = to_uint8_rgb(image)
+            with atomic_write(paths["image"], overwrite=True) as tmp:
+                Image.fromarray(rgb).save(tmp, format="PNG")
+            self._image_written.add(i)
+            written["image"] = paths["image"]
         if self.images[i].name not in self.saved:
             self.saved.add(self.images[i].name)
             self.save_progress()

@@ -7,6 +7,7 @@ import os
 import unicodedata
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -16,8 +17,6 @@ from napari_cass.io import read_classes_json, read_label_image
 
 
 def _write_images(folder: Path, n: int = 3) -> list[Path]:
-    import imageio.v3 as iio
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
     paths = []
@@ -31,8 +30,6 @@ def _write_images(folder: Path, n: int = 3) -> list[Path]:
 
 
 def _write_named(folder: Path, names: list[str], shape: tuple[int, int] = (6, 7)) -> None:
-    import imageio.v3 as iio
-
     folder.mkdir(parents=True, exist_ok=True)
     for k, name in enumerate(names):
         ext = Path(name).suffix.lower()
@@ -215,17 +212,25 @@ def test_save_if_changed_writes_only_what_changed(tmp_path: Path) -> None:
     assert s.needs_save(labels) and s.needs_save(labels, index=1)  # image 1: never saved
     assert set(s.save_if_changed(image, labels, classes)) == {"mask"}
     np.testing.assert_array_equal(read_label_image(mask), labels)
+    grown = LabelClasses.from_names(["cat", "dog", "bird"])  # a class added, mask unchanged
+    assert set(s.save_if_changed(image, labels, grown)) == {"classes"}
+    assert [c["name"] for c in s.saved_classes()["classes"]] == ["background", "cat", "dog", "bird"]
+    classes = grown
     # after a resume the reloaded mask counts as saved; save() always writes
     again = BatchSession(tmp_path / "in", tmp_path / "out")
     reloaded = again.load_mask(0)
     os.utime(mask, ns=(2_000_000_000, 2_000_000_000))
-    assert set(again.save_if_changed(image, reloaded, classes)) == {"image"}  # once a session
+    assert again.save_if_changed(image, reloaded, classes) == {}
     assert mask.stat().st_mtime_ns == 2_000_000_000
+    copy = tmp_path / "out" / "images" / "img_00.png"
+    copy.unlink()  # a missing image copy is written again
+    assert set(again.save_if_changed(image, reloaded, classes)) == {"image"}
+    np.testing.assert_array_equal(iio.imread(copy), image)
     assert again.save(image, reloaded, classes)["mask"] == mask
     assert mask.stat().st_mtime_ns != 2_000_000_000
     # bad masks are refused with what to do
-    with pytest.raises(ValueError, match=r"holds label 3.*labels 0\.\.2"):
-        again.save_if_changed(image, np.full((32, 40), 3, np.uint8), classes)
+    with pytest.raises(ValueError, match=r"holds label 4.*labels 0\.\.3"):
+        again.save_if_changed(image, np.full((32, 40), 4, np.uint8), classes)
     with pytest.raises(ValueError, match=r"shape \(32, 41\).*\(32, 40\)"):
         again.save_if_changed(image, np.zeros((32, 41), np.uint8), classes)
 
