@@ -314,3 +314,105 @@ def test_folder_dataset_errors(tmp_path: Path) -> None:
 def test_unknown_dataset_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="voc21"):
         get_dataset("imagenet", tmp_path)
+
+
+def test_root_one_folder_too_high_names_the_root_to_pass(tmp_path: Path) -> None:
+    """--root is the dataset folder or a folder of mmseg's layout above it, up to data/;
+    one folder higher is not searched, but the error says which --root to pass."""
+    make_voc(tmp_path / "data", ["x"])
+    assert get_dataset("voc21", tmp_path / "data").root == tmp_path / "data/VOCdevkit/VOC2012"
+    with pytest.raises(FileNotFoundError) as err:
+        get_dataset("voc21", tmp_path)
+    assert f"pass --root {tmp_path / 'data'}" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        get_dataset("voc21", tmp_path / "data" / "VOCdevkit" / "VOC2012" / "JPEGImages")
+    assert "pass --root" not in str(err.value)
+
+
+def test_folder_refuses_two_masks_for_one_image(tmp_path: Path) -> None:
+    make_folder(tmp_path, [{"id": 0, "name": "cell"}, {"id": 1, "name": "debris"}], n=2)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "masks" / "img1.tif", np.zeros((H, W), np.uint16))
+    with pytest.raises(ValueError) as err:
+        get_dataset("folder", tmp_path)
+    assert "masks/img1.png and masks/img1.tif" in str(err.value)
+    assert "Keep one mask per name" in str(err.value)
+
+
+def test_benchmark_split_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
+    make_voc(tmp_path, ["x", "y"])
+    (tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text("x\ny\nx\n")
+    with pytest.raises(ValueError, match=r"(?s)'x': JPEGImages/x\.jpg, JPEGImages/x\.jpg.*list each id once"):
+        get_dataset("voc21", tmp_path)
+
+
+def test_ade_image_name_twice_is_refused(tmp_path: Path) -> None:
+    make_ade(tmp_path, ["a", "b"])
+    _image(tmp_path / "ade/ADEChallengeData2016/images/validation/a.png", 5)
+    with pytest.raises(ValueError, match="images/validation/a.jpg, images/validation/a.png"):
+        get_dataset("ade20k", tmp_path)
+
+
+def _tiff(path: Path, values: np.ndarray) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, values.astype(np.uint16))
+
+
+def test_tiff_255_is_a_class_only_beyond_255_classes(tmp_path: Path) -> None:
+    values = np.array([[0, 1, 255, 254], [256, 299, 255, 0]])
+    # 300 classes, none of them background: 255 is class 255, nothing is ignored.
+    big = tmp_path / "big"
+    _image(big / "images" / "a.png", 0, size=(2, 4))
+    _tiff(big / "masks" / "a.tif", values)
+    (big / "classes.json").write_text(json.dumps(
+        {"classes": [{"id": i, "name": f"c{i}"} for i in range(300)]}))
+    ds = get_dataset("folder", big)
+    assert ds.ignore_index == -1 and ds.num_classes == 300
+    np.testing.assert_array_equal(ds[0][2], values)
+    # 300 entries with a word-less background 0: 0 is unlabelled, 255 becomes class 254.
+    (big / "classes.json").write_text(json.dumps(
+        {"classes": [{"id": 0, "name": "background", "synonyms": []}]
+         + [{"id": i, "name": f"c{i}"} for i in range(1, 300)]}))
+    ds = get_dataset("folder", big)
+    assert ds.reduce_zero_label and ds.num_classes == 299 and ds.ignore_index == -1
+    np.testing.assert_array_equal(ds[0][2], [[-1, 0, 254, 253], [255, 298, 254, -1]])
+    # A PNG mask in the same folder keeps 255 = ignore.
+    (big / "masks" / "a.tif").unlink()
+    _mask(big / "masks" / "a.png", np.array([[0, 1, 255, 254], [2, 3, 255, 0]]))
+    np.testing.assert_array_equal(get_dataset("folder", big)[0][2],
+                                  [[-1, 0, -1, 253], [1, 2, -1, -1]])
+    # Three classes with a TIFF mask: 255 stays "ignore".
+    small = tmp_path / "small"
+    _image(small / "images" / "a.png", 0, size=(2, 4))
+    _tiff(small / "masks" / "a.tif", np.array([[0, 1, 255, 2], [2, 255, 1, 0]]))
+    (small / "classes.json").write_text(json.dumps(
+        {"classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}, {"id": 2, "name": "c"}]}))
+    ds = get_dataset("folder", small)
+    assert ds.ignore_index == 255
+    np.testing.assert_array_equal(ds[0][2], [[0, 1, 255, 2], [2, 255, 1, 0]])
+
+
+def test_prescan_of_a_benchmark_checks_headers_not_values(tmp_path: Path) -> None:
+    """Benchmarks keep mmseg's convention (a value that is no class counts as unlabelled),
+    so only unreadable and mis-sized masks are bad; folders also check the values."""
+    from napari_cass.evaluation import scan_dataset
+
+    gts = make_voc(tmp_path, ["x", "y", "z"])
+    voc = tmp_path / "VOCdevkit/VOC2012"
+    out_of_range = gts["x"].copy()
+    out_of_range[3, 3] = 40
+    _mask(voc / "SegmentationClass/x.png", out_of_range, palette=True)
+    _mask(voc / "SegmentationClass/y.png", np.zeros((H, W + 2), np.uint8))
+    (voc / "SegmentationClass/z.png").write_bytes(b"")
+    scan = scan_dataset(get_dataset("voc21", tmp_path))
+    assert [s.image_id for s in scan.good] == ["x"]
+    assert [(b.file, b.reason.split(" (")[0]) for b in scan.bad] == [
+        ("SegmentationClass/y.png",
+         f"mask is {W + 2}x{H} but its image JPEGImages/y.jpg is {W}x{H}; they must have the same size"),
+        ("SegmentationClass/z.png", "mask unreadable"),
+    ]
+    assert len(scan.gt_digests["x"]["blake2b"]) == 32
+    assert scan_dataset(get_dataset("voc21", tmp_path), limit=1).bad == []

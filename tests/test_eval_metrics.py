@@ -155,3 +155,18 @@ def test_paper_lookup() -> None:
     assert paper_miou("voc21", method="sclip")[0] is None
     assert paper_miou("voc21", preset="interactive")[0] is None
     assert paper_miou("folder") == (None, "not a paper benchmark")
+
+
+def test_ignore_index_minus_one_counts_class_255() -> None:
+    """With more than 255 classes the ignore value is -1 and 255 is an ordinary class."""
+    gt = np.array([[255, 255, -1, 3]])
+    pred = np.array([[255, 3, 255, 3]])
+    inter, union, p_area, l_area = intersect_and_union(pred, gt, num_classes=300, ignore_index=-1)
+    assert (inter[255], p_area[255], l_area[255], union[255]) == (1, 1, 2, 2)
+    assert (inter[3], p_area[3], l_area[3], union[3]) == (1, 2, 1, 2)
+    acc = IoUAccumulator(300, ignore_index=-1)
+    acc.update(pred, gt)
+    assert acc.miou == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert acc.pacc == pytest.approx(2 / 3)
+    # With the default ignore value 255 those pixels would not count at all.
+    assert intersect_and_union(pred, gt.clip(0), num_classes=300)[3][255] == 0

@@ -300,3 +300,25 @@ def test_value_255_in_png_masks_is_ignored_not_bad(tmp_path: Path, fake: dict) -
     res = _only_result(out)
     assert res["ignore_index"] == 255 and res["num_images_skipped"] == 0
     assert res["miou"] == pytest.approx(100 / 3, abs=1e-4)
+
+
+def test_image_broken_past_its_header_stops_with_cache_kept(tmp_path: Path, fake: dict) -> None:
+    """The pre-scan reads headers only: a truncated image is found when it is loaded.
+    The images before it stay cached, and --skip-bad goes on without it."""
+    root, out = tmp_path / "data", tmp_path / "out"
+    _two_images(root)
+    _save_image(root / "images" / "trunc.png", np.arange(16, dtype=np.uint8).reshape(4, 4))
+    _save_mask(root / "masks" / "trunc.png", np.zeros((4, 4)))
+    data = (root / "images" / "trunc.png").read_bytes()
+    (root / "images" / "trunc.png").write_bytes(data[: len(data) - 30])
+    with pytest.raises(ValueError) as err:
+        run_eval(_parse(_argv(root, out)))
+    assert "images/trunc.png" in str(err.value) and "--skip-bad" in str(err.value)
+    assert fake["seg"].calls == 2
+    (run_dir,) = out.iterdir()
+    assert len((run_dir / "per_image.jsonl").read_text().splitlines()) == 2
+    assert run_eval(_parse(_argv(root, out, "--skip-bad"))) == 0
+    res = _only_result(out)
+    assert fake["seg"].calls == 2 and res["num_images_cached"] == 2
+    assert [s["file"] for s in res["skipped"]] == ["images/trunc.png"]
+    assert res["miou"] == pytest.approx(MIOU_FIRST, abs=1e-4)
