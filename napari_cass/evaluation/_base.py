@@ -208,7 +208,7 @@ class SegDataset:
         if not dups:
             return
         lines = [
-            f"  {i!r}: " + ", ".join(self._rel(s.image_path) for s in group)
+            f"  {i!r}: " + ", ".join(self.relative(s.image_path) for s in group)
             for i, group in list(dups.items())[:10]
         ]
         more = f"\n  ... and {len(dups) - 10} more" if len(dups) > 10 else ""
@@ -220,7 +220,8 @@ class SegDataset:
             "the split file)."
         )
 
-    def _rel(self, path: Path) -> str:
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the dataset folder (as written in messages and records)."""
         try:
             return path.relative_to(self.root).as_posix()
         except ValueError:
