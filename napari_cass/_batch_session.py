@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +37,6 @@ PROGRESS_FILE = "progress.json"
 CLASSES_FILE = "classes.json"
 _FORMAT = "napari-cass/batch@2"
 _MASK_SUFFIXES = (".png", ".tif")
-# napari_cass.io.atomic_write writes ".<stem>.<8 random>.tmp<suffix>" next to the target.
-_TEMP_FILE = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp\.(png|tif|tiff|json)$")
 
 
 def _key(name: str) -> str:
@@ -112,18 +109,12 @@ class BatchSession:
 
     # ----------------------------------------------------------- bookkeeping
     def _remove_temp_files(self) -> list[Path]:
-        removed = []
-        for folder in (self.output_dir, self.output_dir / "images", self.output_dir / "masks"):
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                if _TEMP_FILE.match(p.name) and p.is_file():
-                    try:
-                        p.unlink()
-                        removed.append(p)
-                    except OSError:
-                        pass  # in use or read-only: harmless, it is hidden and never read
-        return removed
+        """Remove what a killed save left (under the folder lock: no live writer's file)."""
+        from napari_cass.io import RunLock, clean_temp_files
+
+        with RunLock(self.output_dir):
+            return [p for sub in ("", "images", "masks")
+                    for p in clean_temp_files(self.output_dir / sub)]
 
     @property
     def progress_path(self) -> Path:
@@ -327,17 +318,24 @@ class BatchSession:
 
     def _save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
               index: int | None, force: bool) -> dict[str, Path]:
-        from napari_cass.io import atomic_write, to_uint8_rgb, write_indexed_png, write_label_tiff
+        from napari_cass.io import RunLock
 
         i = self._i(index)
         lab = _check_labels(labels, np.shape(image), classes, self.images[i].name)
         stem = self.stems[i]
-        mask_suffix = ".png" if classes.n_labels <= 256 else ".tif"
         paths = {
             "image": self.output_dir / "images" / f"{stem}.png",
-            "mask": self.output_dir / "masks" / f"{stem}{mask_suffix}",
+            "mask": self.output_dir / "masks" / f"{stem}{'.png' if classes.n_labels <= 256 else '.tif'}",
             "classes": self.output_dir / CLASSES_FILE,
         }
+        with RunLock(self.output_dir):  # OutputConflictError while a CLI run writes here
+            return self._write_item(i, image, lab, classes, paths, force)
+
+    def _write_item(self, i: int, image: np.ndarray, lab: np.ndarray, classes: LabelClasses,
+                    paths: dict[str, Path], force: bool) -> dict[str, Path]:
+        from napari_cass.io import atomic_write, to_uint8_rgb, write_indexed_png, write_label_tiff
+
+        stem, mask_suffix = self.stems[i], paths["mask"].suffix
         written: dict[str, Path] = {}
         if self._update_classes(classes) is not None:  # first: classes.json covers every mask
             written["classes"] = paths["classes"]

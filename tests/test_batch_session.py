@@ -284,3 +284,22 @@ def test_killed_save_leaves_old_mask_and_temp_is_cleaned(tmp_path: Path, monkeyp
     assert sorted(again.removed_temp_files) == sorted(leftovers)
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in keep)
     np.testing.assert_array_equal(again.load_mask(), old)
+
+
+def test_a_run_writing_into_the_folder_blocks_open_and_save(tmp_path: Path) -> None:
+    """A CLI run holds the folder lock: the batch neither cleans its temp files nor saves."""
+    from napari_cass.io import OutputConflictError, RunLock
+
+    _write_images(tmp_path / "in", 1)
+    s = BatchSession(tmp_path / "in", tmp_path / "out")
+    live_temp = tmp_path / "out" / "masks" / ".img_00.abcd1234.tmp.png"
+    live_temp.parent.mkdir(parents=True)
+    live_temp.write_bytes(b"being written")
+    with RunLock(tmp_path / "out"):
+        with pytest.raises(OutputConflictError, match="Another napari-cass run is writing"):
+            BatchSession(tmp_path / "in", tmp_path / "out")
+        with pytest.raises(OutputConflictError, match="Another napari-cass run is writing"):
+            s.save(s.read_image(), np.zeros((32, 40), np.uint8), LabelClasses.from_names(["a"]))
+    assert live_temp.exists() and s.mask_path() is None
+    s.save(s.read_image(), np.zeros((32, 40), np.uint8), LabelClasses.from_names(["a"]))
+    assert s.mask_path() == tmp_path / "out" / "masks" / "img_00.png"
