@@ -274,3 +274,78 @@ def _post(url: str, key: str, classes: str, job_id: str, timeout: float = 60.0) 
             "classes": [{"name": c.strip(), "queries": [c.strip()]} for c in classes.split(",")]}
     return httpx.post(f"{url}/v1/segment", content=json.dumps(body), timeout=timeout,
                       headers={"Content-Type": "application/json"})
+
+
+def test_loopback_server_without_token_checks_the_host_header(served):
+    server, _ = served
+    assert httpx.get(server.url + "/health").status_code == 200
+    # What a browser sends after DNS rebinding: the attacker's host name.
+    for host in ("evil.example", f"evil.example:{server.port}"):
+        assert httpx.get(server.url + "/health", headers={"Host": host}).status_code == 400
+        assert httpx.get(server.url + "/v1/info", headers={"Host": host}).status_code == 400
+    assert httpx.get(f"http://localhost:{server.port}/health").status_code == 200
+
+
+def test_segment_server_arguments(served, local, tmp_path):
+    import argparse
+
+    from napari_cass.server._cli import add_remote_arguments, remote_segmenter_from_args
+
+    server, _ = served
+    parser = argparse.ArgumentParser()
+    add_remote_arguments(parser)
+    parser.add_argument("--method", default="cass")
+    parser.add_argument("--preset", default="interactive")
+    assert remote_segmenter_from_args(parser.parse_args([])) is None
+    with pytest.raises(ValueError, match="--token-file is for --server"):
+        remote_segmenter_from_args(parser.parse_args(["--token-file", str(tmp_path / "t")]))
+    remote = remote_segmenter_from_args(parser.parse_args(["--server", server.url]))
+    image = images(1, 12)[0]
+    with remote:
+        assert remote.method == "cass" and remote.preset.name == "interactive"
+        # The server's segmenter uses a small preset variant also named "interactive".
+        assert_same(remote.segment(image, "cat, dog"), local.segment(image, "cat, dog"))
+    with pytest.raises(RemoteSegmenterError, match="Cannot reach"):
+        remote_segmenter_from_args(parser.parse_args(["--server", "http://127.0.0.1:9"]))
+
+
+def test_serve_command_starts_serves_and_stops(tmp_path):
+    """``serve`` as a user runs it (a process, SIGINT to stop), with tiny injected models."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    token = tmp_path / "token"
+    token.write_text("t" * 24 + "\n")
+    token.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = (
+        "import argparse, sys\n"
+        "from napari_cass.server._cli import add_serve_parser\n"
+        "from test_server_support import tiny_segmenter\n"
+        "p = argparse.ArgumentParser(); add_serve_parser(p.add_subparsers())\n"
+        "args = p.parse_args(sys.argv[1:])\n"
+        "sys.exit(args.func(args, segmenter=tiny_segmenter()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "serve", "--port", str(port), "--token-file", str(token),
+         "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        remote = RemoteSegmenter(f"http://127.0.0.1:{port}", token_file=token, connect_timeout=2)
+        wait_for(lambda: proc.poll() is not None or "Connected" in remote.test_connection(), timeout=120,
+                 what="the server process to answer")
+        assert proc.poll() is None
+        assert remote.segment(images(1, 13)[0], "a, b").labels.shape == (40, 52)
+        with pytest.raises(RemoteSegmenterError, match="refused"):
+            RemoteSegmenter(remote.url).segment(images(1, 13)[0], "a, b")  # token file = token needed
+        remote.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"listening on http://127.0.0.1:{port}" in err and "token: read from" in err

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ._auth import check_bearer, is_loopback
@@ -92,6 +93,11 @@ def create_app(
     app = FastAPI(title="napari-cass", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.worker, app.state.store, app.state.limits = worker, store, limits
+    if token is None:
+        # No token on loopback: refuse other Host names, so a web page cannot reach the
+        # server through DNS rebinding (browsers send the attacker's name as Host).
+        allowed = {"127.0.0.1", "localhost", "::1", "[::1]", host.strip().strip("[]").lower()}
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(allowed))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):

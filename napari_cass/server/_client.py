@@ -6,10 +6,12 @@ only when the server asks for them, so a prompt edit costs one small JSON reques
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import fields
 from pathlib import Path
@@ -19,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ._http import ConnectionFailed, make_transport
-from ._protocol import API_PREFIX, NPY_TYPE, decode_confidence, decode_labels, encode_array
+from ._protocol import API_PREFIX, NPY_TYPE, decode_confidence, decode_labels, npy_bytes
 
 __all__ = ["RemoteSegmenter", "RemoteSegmenterError"]
 
@@ -74,7 +76,7 @@ class RemoteSegmenter:
 
             token = read_token(token_file)
         self.token = token
-        self.method = method
+        self._method = method
         self._preset_name = preset
         self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
         self.busy_wait = float(busy_wait)
@@ -86,6 +88,11 @@ class RemoteSegmenter:
         self.stats = {"requests": 0, "uploads": 0, "bytes_sent": 0}
 
     # ------------------------------------------------------------------ Segmenter look-alike
+    @property
+    def method(self) -> str:
+        """The method requests use (the server's default when unset)."""
+        return self._method or str(self.server_info().get("method") or "cass")
+
     @property
     def preset(self):
         """The :class:`~napari_cass.engine.Preset` requests use (the server's default when unset)."""
@@ -102,7 +109,7 @@ class RemoteSegmenter:
 
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-        self.method = method
+        self._method = method
 
     @property
     def device(self) -> str:
@@ -171,11 +178,11 @@ class RemoteSegmenter:
         words = None
         if background:
             words = [background] if isinstance(background, str) else list(background)
-        image = np.asarray(image)
-        key, payload = encode_array(image)
+        raw = npy_bytes(np.asarray(image))  # compressed only if the server asks for the pixels
+        key = hashlib.sha256(raw).hexdigest()
         job_id = uuid.uuid4().hex
         body = json.dumps({
-            "image": key, "job_id": job_id, "background": words, "method": self.method,
+            "image": key, "job_id": job_id, "background": words, "method": self._method,
             "preset": self._preset_name, "confidence": self.confidence,
             "classes": [{"name": p.name, "queries": list(p.queries)} for p in prompts],
         }).encode("utf-8")
@@ -186,7 +193,7 @@ class RemoteSegmenter:
                 "POST", f"{API_PREFIX}/segment", body, {"Content-Type": "application/json"},
                 self.timeout, cancel, progress, job_id)
             if status == 428 and uploads < 2:  # a second time if evicted in between
-                self._upload(key, payload, cancel, progress)
+                self._upload(key, raw, cancel, progress)
                 uploads += 1
                 continue
             if status == 429 and time.perf_counter() < deadline:
@@ -221,7 +228,8 @@ class RemoteSegmenter:
         names = {f.name for f in fields(SegmentationResult)}
         return SegmentationResult(**{k: v for k, v in values.items() if k in names})
 
-    def _upload(self, key: str, payload: bytes, cancel, progress) -> None:
+    def _upload(self, key: str, raw: bytes, cancel, progress) -> None:
+        payload = zlib.compress(raw, 1)
         if progress is not None:
             progress(0, 1, f"uploading image ({len(payload) / 2**20:.1f} MiB)")
         status, _, reply = self._cancellable(

@@ -31,6 +31,7 @@ __all__ = [
     "encode_confidence",
     "encode_labels",
     "is_image_key",
+    "npy_bytes",
     "is_job_id",
 ]
 
@@ -105,6 +106,12 @@ def is_job_id(text: str) -> bool:
 # --------------------------------------------------------------------------- images in
 def encode_array(image: np.ndarray, level: int = 1) -> tuple[str, bytes]:
     """``(key, body)`` for an array: SHA-256 of its ``.npy`` bytes, and those bytes deflated."""
+    raw = npy_bytes(image)
+    return hashlib.sha256(raw).hexdigest(), zlib.compress(raw, level)
+
+
+def npy_bytes(image: np.ndarray) -> bytes:
+    """The ``.npy`` file of ``image`` (C order): what an array's key is the SHA-256 of."""
     arr = np.ascontiguousarray(np.asarray(image))
     if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.hasobject:
         raise ValueError(
@@ -112,8 +119,7 @@ def encode_array(image: np.ndarray, level: int = 1) -> tuple[str, bytes]:
         )
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
-    raw = buf.getvalue()
-    return hashlib.sha256(raw).hexdigest(), zlib.compress(raw, level)
+    return buf.getvalue()
 
 
 def decode_payload(
