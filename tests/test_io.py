@@ -311,6 +311,15 @@ def test_export_dataset_item_layout_and_guards(tmp_path: Path) -> None:
     assert sorted(os.listdir(root / "masks")) == ["b.png", "scan 01_a.png"]
 
 
+def test_export_dataset_item_refuses_values_no_class_describes(tmp_path: Path) -> None:
+    labels = _labels(n=3)
+    labels[0, :2] = [3, 7]
+    with pytest.raises(ValueError, match=r"value\(s\) 3, 7 that no class describes.*values 0..2"):
+        export_dataset_item(tmp_path, "x", np.zeros((20, 30, 3), np.uint8), labels,
+                            ["background", "cat", "dog"], label_palette(3))
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "classes.json").exists()
+
+
 def test_export_dataset_item_many_classes_uses_tiff(tmp_path: Path) -> None:
     names = [f"class {i}" for i in range(300)]
     labels = _labels(n=300, seed=5)

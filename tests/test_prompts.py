@@ -81,3 +81,49 @@ def test_presets_table():
     with pytest.raises(ValueError, match="Unknown preset"):
         get_preset("nope")
     assert isinstance(ClassPrompt.from_words(["a"]), ClassPrompt)
+
+
+def test_background_words_may_not_be_class_words():
+    from napari_cass.engine._prompts import with_background
+
+    prompts = with_background("cat | kitten, dog", "sky, wall")
+    assert [p.name for p in prompts] == ["background", "cat", "dog"]
+    assert prompts[0].queries == ("sky", "wall")
+    assert with_background("cat", None) == normalize_classes("cat")
+    with pytest.raises(ValueError, match="background word 'Kitten' is also the class 'cat'"):
+        with_background("cat | kitten, dog", ["sky", "Kitten"])
+    with pytest.raises(ValueError, match="reserved for class 0"):
+        with_background("cat, background", None)
+    with pytest.raises(ValueError, match="already has a background class"):
+        with_background([ClassPrompt("background", ("sky",)), ClassPrompt("cat", ("cat",))], "wall")
+
+
+def test_classes_json_row_zero_is_label_zero(tmp_path):
+    js = tmp_path / "classes.json"
+    table = {"format": "napari-cass/classes@1", "has_background": False, "classes": [
+        {"id": 0, "name": "background", "color": [0, 0, 0], "synonyms": []},
+        {"id": 1, "name": "cat", "color": [128, 0, 0], "synonyms": ["cat", "kitten"]},
+        {"id": 2, "name": "dog", "color": [0, 128, 0], "synonyms": ["puppy"]}]}
+    js.write_text(json.dumps(table))
+    prompts = load_class_file(js)  # the word-less background row is no class
+    assert [(p.name, p.queries) for p in prompts] == [("cat", ("cat", "kitten")), ("dog", ("dog", "puppy"))]
+    table["classes"][0]["synonyms"] = ["sky", "wall"]
+    table["has_background"] = True
+    js.write_text(json.dumps(table))
+    prompts = load_class_file(js)
+    assert [(p.name, p.queries) for p in prompts][0] == ("background", ("sky", "wall"))
+    table["classes"][0]["synonyms"] = ["sky", "dog"]
+    js.write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="background word 'dog' is also the class 'dog'"):
+        load_class_file(js)
+
+
+def test_class_file_encoding_is_named(tmp_path):
+    txt = tmp_path / "classes.txt"
+    txt.write_bytes("chat\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"classes.txt is not UTF-8 text.*Save it as UTF-8"):
+        load_class_file(txt)
+    txt.write_bytes(b"\xef\xbb\xbfcat\ndog\n")  # UTF-8 with a byte-order mark
+    assert [p.name for p in load_class_file(txt)] == ["cat", "dog"]
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_class_file(tmp_path)

@@ -100,8 +100,10 @@ def check_pixel_limit(name: str | os.PathLike[str], width: int, height: int,
     if limit is None or total <= limit:
         return
     suggest = max(total, 1)
+    planes = total // max(int(width) * int(height), 1)
+    size = f"{width} x {height} pixels" + (f" x {planes} planes" if planes > 1 else "")
     raise ImageTooLargeError(
-        f"{name} is {width} x {height} pixels ({total / 1e6:.1f} megapixels), above the limit of "
+        f"{name} is {size} ({total / 1e6:.1f} megapixels), above the limit of "
         f"{limit / 1e6:g} megapixels that guards against decompression bombs. If the image is "
         f"genuine, raise the limit: --max-pixels {suggest} on the command line, or the environment "
         f"variable {MAX_PIXELS_ENV}={suggest} (0 removes the limit)."
