@@ -73,6 +73,9 @@ class BatchSession:
     FileNotFoundError, ValueError
         With what to do, when a folder is missing, holds no image, or the output
         folder belongs to another batch.
+    napari_cass.io.OutputConflictError
+        While another napari-cass run writes into the output folder (also from
+        the save methods).
     """
 
     def __init__(self, image_dir: str | Path, output_dir: str | Path) -> None:
@@ -322,10 +325,10 @@ class BatchSession:
 
         i = self._i(index)
         lab = _check_labels(labels, np.shape(image), classes, self.images[i].name)
-        stem = self.stems[i]
+        stem, suffix = self.stems[i], ".png" if classes.n_labels <= 256 else ".tif"
         paths = {
             "image": self.output_dir / "images" / f"{stem}.png",
-            "mask": self.output_dir / "masks" / f"{stem}{'.png' if classes.n_labels <= 256 else '.tif'}",
+            "mask": self.output_dir / "masks" / f"{stem}{suffix}",
             "classes": self.output_dir / CLASSES_FILE,
         }
         with RunLock(self.output_dir):  # OutputConflictError while a CLI run writes here
