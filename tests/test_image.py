@@ -74,3 +74,35 @@ def test_padding_only_touches_images_below_one_patch():
     assert torch.equal(out[:, 2:, :5], px[:, 1:2].expand(-1, 14, -1))  # last row repeated
     assert torch.equal(out[:, :, 5:], out[:, :, 4:5].expand(-1, -1, 2))  # last column repeated
     assert pad_pixels(px, (2, 5)) is px
+
+
+@pytest.mark.parametrize("shape,size", [((301, 157), (41, 60)), ((40, 30), (90, 70)), ((123, 77), (30, 200))])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_large_images_are_resized_a_band_of_rows_at_a_time(monkeypatch, shape, size, dtype):
+    """Converting and shrinking along rows per band, then along columns, gives the one-call result.
+
+    The antialiased bilinear filter is separable and PyTorch applies it one axis at a
+    time, so the numbers are the same (bit-identical with torch 2.x); the bound allows
+    float32 rounding of a different evaluation order: a few ulps of 255.
+    """
+    import napari_cass.engine._image as image_mod
+
+    rng = np.random.default_rng(7)
+    hi = {np.uint8: 255, np.uint16: 4095, np.float32: 1.0}[dtype]
+    img = (rng.random((*shape, 3)) * hi).astype(dtype)
+    t = torch.from_numpy(as_rgb_float(img)).permute(2, 0, 1)[None]
+    ref = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    monkeypatch.setattr(image_mod, "_RESIZE_BAND_ELEMENTS", 3 * shape[1] * 9)  # bands of 9 rows
+    out = resize_image(image_mod.load_rgb(img), size)
+    assert out.shape == (3, *size) and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= 4 * 255 * 2.0**-24
+
+
+def test_grey_and_single_channel_images_are_not_copied_three_times():
+    from napari_cass.engine._image import load_rgb
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rgb = load_rgb(grey)
+    assert rgb.shape == (3, 4, 3) and np.shares_memory(rgb.pixels, grey)
+    assert np.array_equal(rgb.to_float(), np.repeat(grey[..., None], 3, -1).astype(np.float32))
+    assert np.array_equal(load_rgb(grey[..., None]).rows(1, 2), rgb.rows(1, 2))

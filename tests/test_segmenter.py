@@ -215,8 +215,8 @@ def test_prompt_change_skips_image_conversion(models, image, monkeypatch):
     seg = make(models)
     seg.segment(image, "cat, dog")
     calls = []
-    real = S.as_rgb_float
-    monkeypatch.setattr(S, "as_rgb_float", lambda im: calls.append(1) or real(im))
+    real = S.load_rgb
+    monkeypatch.setattr(S, "load_rgb", lambda im: calls.append(1) or real(im))
     assert seg.segment(image, "cat, dog, road").from_cache
     assert calls == []
     assert not seg.segment(image[:, ::-1].copy(), "cat").from_cache

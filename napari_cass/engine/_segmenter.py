@@ -15,7 +15,7 @@ import torch
 from ._backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipVision, Vfm
 from ._device import resolve_device
 from ._finish import finish_logits, query_groups
-from ._image import as_rgb_float, pad_pixels, padded_size, resize_image, resized_size
+from ._image import RgbImage, load_rgb, pad_pixels, padded_size, resize_image, resized_size
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
 from ._presence import TextEncoder, adjust_text, cluster_leaders, cluster_queries, object_similarity
 from ._presets import DEFAULT_PRESET, Preset, get_preset
@@ -278,7 +278,7 @@ class Segmenter:
         if vision is None:
             # Only a cache miss pays for validation and float conversion: a hit means
             # these exact pixels were validated before.
-            rgb = as_rgb_float(image)
+            rgb = load_rgb(image)
             report = Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
             vision = self._vision(rgb, report)
             if key is not None:
@@ -405,7 +405,7 @@ class Segmenter:
         return self._omega[key]
 
     @torch.inference_mode()
-    def _vision(self, rgb: np.ndarray, report: Reporter) -> _Vision:
+    def _vision(self, rgb: RgbImage, report: Reporter) -> _Vision:
         p = self.preset
         timer = StageTimer(self.device)
         with timer("resize"):
