@@ -255,6 +255,8 @@ def test_remote_segmenter_looks_like_a_segmenter(served):
             remote.set_method("nope")
         with pytest.raises(ValueError, match="class list is empty"):
             remote.segment(images(1)[0], "")  # checked locally, before any request
+        with pytest.raises(ValueError, match="use a local Segmenter"):
+            remote.segment(images(1)[0], "a", return_probabilities=True)
         assert remote.stats["requests"] == 1  # the /v1/info behind .preset only
 
 

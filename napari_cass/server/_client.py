@@ -57,16 +57,13 @@ class RemoteSegmenter:
         Seconds to wait for a connection.
     busy_wait : float
         Total seconds to keep retrying while the server answers 429 (busy).
-    confidence : bool
-        Ask for the winning-probability map (8-bit, within 0.5/255 of the local value).
     backend : str
         ``"auto"`` (httpx if installed), ``"httpx"`` or ``"urllib"``.
     """
 
     def __init__(self, url: str, token: str | None = None, *, token_file: str | Path | None = None,
                  method: str | None = None, preset: str | None = None, timeout: float = 300.0,
-                 connect_timeout: float = 5.0, busy_wait: float = 60.0, confidence: bool = True,
-                 backend: str = "auto"):
+                 connect_timeout: float = 5.0, busy_wait: float = 60.0, backend: str = "auto"):
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"Server URL {url!r} must look like http://host:8765.")
@@ -80,7 +77,6 @@ class RemoteSegmenter:
         self._preset_name = preset
         self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
         self.busy_wait = float(busy_wait)
-        self.confidence = bool(confidence)
         self._transport = make_transport(backend, connect_timeout)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="napari-cass-remote")
         self._info: dict | None = None
@@ -162,17 +158,23 @@ class RemoteSegmenter:
     # ------------------------------------------------------------------ segment
     def segment(self, image, classes, progress: Callable[[int, int, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None, *,
-                background: str | Sequence[str] | None = None):
+                background: str | Sequence[str] | None = None, return_probabilities: bool = False,
+                probability_stride: int = 1):
         """Segment ``image`` into ``classes`` on the server; same arguments and result as
         :meth:`napari_cass.engine.Segmenter.segment`.
 
-        The result has ``probabilities=None`` and an 8-bit ``confidence`` map (when
-        asked for). Raises :class:`RemoteSegmenterError` when the server is down,
-        refuses or fails, :class:`~napari_cass.engine.SegmentationCancelled` on cancel,
-        ``ValueError`` for a bad class list (checked here, before any network traffic).
+        The labels are exactly the server engine's; ``confidence`` travels as 8 bits
+        (within 0.5/255 of the engine's value); ``probabilities`` is None (the full
+        ``(classes, H, W)`` array is not sent: ``return_probabilities=True`` is refused).
+        Raises :class:`RemoteSegmenterError` when the server is down, refuses or fails,
+        :class:`~napari_cass.engine.SegmentationCancelled` on cancel, ``ValueError`` for
+        a bad class list (checked here, before any network traffic).
         """
         from ..engine import SegmentationCancelled, normalize_classes
 
+        if return_probabilities:
+            raise ValueError("A server returns labels and confidence, not the per-class probabilities: "
+                             "use a local Segmenter for return_probabilities=True.")
         start = time.perf_counter()
         prompts = normalize_classes(classes)
         words = None
@@ -183,7 +185,7 @@ class RemoteSegmenter:
         job_id = uuid.uuid4().hex
         body = json.dumps({
             "image": key, "job_id": job_id, "background": words, "method": self._method,
-            "preset": self._preset_name, "confidence": self.confidence,
+            "preset": self._preset_name, "confidence": True,
             "classes": [{"name": p.name, "queries": list(p.queries)} for p in prompts],
         }).encode("utf-8")
         deadline = start + self.busy_wait
@@ -217,7 +219,10 @@ class RemoteSegmenter:
 
         shape = tuple(data["shape"])
         labels = decode_labels(data["labels_png"], shape)
-        conf = decode_confidence(data["confidence_png"], shape) if data.get("confidence_png") else None
+        if not data.get("confidence_png"):
+            raise RemoteSegmenterError(f"The server at {self.url} sent no confidence map: is it an older "
+                                       "napari-cass?", 200, "bad_reply")
+        conf = decode_confidence(data["confidence_png"], shape)
         timings = {k: float(v) for k, v in (data.get("timings") or {}).items()}
         timings["round_trip"] = time.perf_counter() - start
         values: dict[str, Any] = dict(
