@@ -107,7 +107,7 @@ def test_concurrent_clients_each_get_their_own_result(tiny_model_set, local):
     pics = images(4, 4)
     prompts = ["cat, dog", "road, car, sky", "a | b, c", "person", "tree, grass, water, rock"]
     refs = {(i, j): local.segment(pics[i], prompts[j]) for i in range(4) for j in range(5)}
-    seg = tiny_segmenter(tiny_model_set)
+    seg = Wrapped(tiny_segmenter(tiny_model_set))
     with BackgroundServer(create_app(seg, max_queue=32)) as server:
         def client(c: int) -> list[tuple[tuple[int, int], object]]:
             with RemoteSegmenter(server.url, timeout=120) as remote:
@@ -119,7 +119,8 @@ def test_concurrent_clients_each_get_their_own_result(tiny_model_set, local):
 
         with ThreadPoolExecutor(16) as pool:
             answers = [a for fut in [pool.submit(client, c) for c in range(16)] for a in fut.result(timeout=600)]
-    assert len(answers) == 160
+    assert len(answers) == 160 and len(seg.calls) == 160
+    assert seg.max_active == 1  # one engine, one job at a time
     for key, result in answers:
         assert_same(result, refs[key])
 
@@ -170,6 +171,7 @@ def test_queue_full_answers_429_with_retry_after(tiny_model_set):
             gate.set()
             assert running.result(60).status_code == 200 and queued.result(60).status_code == 200
             assert [c["name"] for c in queued.result().json()["classes"]] == ["c", "d"]
+            assert seg.calls == [["a", "b"], ["c", "d"]]  # in arrival order; refused ones never ran
         remote.close()
 
 

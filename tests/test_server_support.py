@@ -39,13 +39,25 @@ class Wrapped:
         self.inner, self.gate, self.slow = inner, gate, slow
         self.started = threading.Event()
         self.saw_cancel = threading.Event()
-        self.calls = 0
+        self.calls: list[list[str]] = []  # class names of each call, in the order they ran
+        self.active = self.max_active = 0
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
     def segment(self, image, classes, progress=None, cancel=None, *, background=None):
-        self.calls += 1
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.calls.append([getattr(c, "name", c) for c in classes])
+        try:
+            return self._segment(image, classes, progress, cancel, background)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _segment(self, image, classes, progress, cancel, background):
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
