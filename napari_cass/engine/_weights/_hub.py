@@ -81,8 +81,11 @@ def probe_hub(timeout: float | None = None) -> str | None:
     worker.join(wait + 1.0)
     if worker.is_alive() or ("status" not in result and "error" not in result):
         return f"{url} did not answer within {wait:g} s"
-    if "error" in result:
-        return f"{url} is unreachable ({_first_line(result['error'])})"
+    error = result.get("error")
+    if isinstance(error, TimeoutError) or "timeout" in type(error).__name__.lower():
+        return f"{url} did not answer within {wait:g} s"
+    if error is not None:
+        return f"{url} is unreachable ({_first_line(error)})"
     if int(result["status"]) >= 500:
         return f"{url} answered with HTTP error {result['status']}"
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ._hub import hub_endpoint
 from ._models import ModelSpec
 from ._places import cache_folder, searched_places
 
@@ -37,13 +38,13 @@ def _download_lines(spec: ModelSpec) -> list[str]:
     try:
         source = spec.hub()
     except Exception:
-        return ["    download: the model's page on the Hugging Face Hub"]
-    lines = [f"    download: {source.file_url()}"]
-    others = source.filenames[1:]
-    if others:
-        lines.append(f"              (or {', '.join(others)} from https://huggingface.co/{source.repo_id})")
+        return ["    1. download it from the model's page on the Hugging Face Hub"]
+    lines = [f"    1. download {source.file_url()}"]
+    alternatives = [f"{name} from {hub_endpoint()}/{source.repo_id}" for name in source.filenames[1:]]
     if source.url:
-        lines.append(f"              or the original release: {source.url}")
+        alternatives.append(f"the original release {source.url}")
+    if alternatives:
+        lines.append(f"       (or {', or '.join(alternatives)})")
     return lines
 
 
@@ -61,16 +62,19 @@ def missing_weights_message(specs: Sequence[ModelSpec], reason: str,
         Per model name, an extra line (e.g. that model's download error).
     """
     names = ", ".join(spec.label for spec in specs)
-    lines = [f"Model weights are missing for {names}; {reason}."]
+    lines = [f"Model weights are missing for {names}: {reason}."]
     for spec in specs:
-        files = spec.expected_files()
-        lines.append(f"  {spec.label}: put {files[0]} (or {', '.join(files[1:])}) in {cache_folder(spec)}")
+        first, *others = spec.expected_files()
+        suffixes = ", ".join(name[len(spec.cache_stem):] for name in others)
+        lines.append(f"  {spec.label}: no {first} (or {suffixes}) in {cache_folder(spec)}")
         if details and spec.name in details:
             lines.append(f"    error: {details[spec.name]}")
         lines.extend(_download_lines(spec))
-        lines.append(f"    then: napari-cass weights import PATH --model {spec.name}")
-    searched = list(dict.fromkeys(place for spec in specs for place in searched_places(spec)))
+        lines.append(f"    2. napari-cass weights import PATH --model {spec.name}")
+    folders = [str(cache_folder(spec)) for spec in specs]
+    searched = list(dict.fromkeys([*folders, *(p for s in specs for p in searched_places(s))]))
     lines.append(f"Searched: {'; '.join(searched)}.")
     models = " ".join(f"--model {spec.name}" for spec in specs)
-    lines.append(f"With internet access, 'napari-cass weights download {models}' fetches them into the cache.")
+    lines.append(f"On a machine with internet access, 'napari-cass weights download {models}' "
+                 "fetches them into the cache.")
     return "\n".join(lines)

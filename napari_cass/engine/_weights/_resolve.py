@@ -120,7 +120,7 @@ def _fetch_missing(missing: list[ModelSpec], offline: bool | None,
     unreachable = _hub.probe_hub()
     if unreachable is not None:
         raise WeightsNotFoundError(
-            missing_weights_message(missing, f"they cannot be downloaded: {unreachable}"),
+            missing_weights_message(missing, f"{unreachable}, so nothing was downloaded"),
             [s.name for s in missing])
     found: dict[str, Path] = {}
     failures: dict[str, str] = {}

@@ -146,9 +146,9 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: see below
     it. ``data.pkl`` holds no tensor data, so its speed does not matter.
     """
 
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(io.BytesIO(data))
-        self._archive, self._prefix, self._path = archive, prefix, path
+        self._archive, self._prefix = archive, prefix
         self._storages: dict[str, torch.Tensor] = {}
         self._classes: dict[str, type] = {}
         self.types: set[str] = set()
@@ -164,23 +164,22 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: see below
             return _StorageType(_STORAGE_DTYPES[name])
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"{self._path} refers to {module}.{name}, which is not a tensor; "
-                                     "refusing to read it.")
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which is not a tensor")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
                 and re.fullmatch(r"[0-9]{1,12}", pid[2]) and isinstance(pid[4], int)):
-            raise pickle.UnpicklingError(f"{self._path}: unexpected persistent reference {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unexpected persistent reference {pid!r:.80}")
         kind, key, numel = pid[1], pid[2], pid[4]
         if key not in self._storages:
             try:
                 raw = self._archive.read(f"{self._prefix}data/{key}")
             except KeyError as exc:
-                raise pickle.UnpicklingError(f"{self._path}: tensor data {key} is missing") from exc
+                raise pickle.UnpicklingError(f"tensor data {key} is missing") from exc
             itemsize = torch.empty(0, dtype=kind.dtype).element_size()
             if len(raw) < numel * itemsize:
-                raise pickle.UnpicklingError(f"{self._path}: tensor data {key} is truncated")
+                raise pickle.UnpicklingError(f"tensor data {key} is truncated")
             buffer = bytearray(raw)
             del raw, buffer[numel * itemsize:]
             self._storages[key] = (torch.frombuffer(buffer, dtype=kind.dtype) if numel
@@ -265,14 +264,15 @@ def read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
             if order != "little":
                 raise ValueError(f"{path} was saved on a {order}-endian machine; convert it to "
                                  "safetensors there.")
-            unpickler = _Unpickler(archive.read(pickles[0]), archive, prefix, path)
+            unpickler = _Unpickler(archive.read(pickles[0]), archive, prefix)
             root = unpickler.load()
             if not isinstance(root, _ScriptObject):
                 raise ValueError(f"{path} does not hold a TorchScript module.")
             declared = {t: _declared_tensors(archive, prefix, t) for t in unpickler.types}
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, AttributeError, TypeError,
             IndexError, RuntimeError) as exc:
-        raise ValueError(f"{path} could not be read as a TorchScript weights archive ({exc}).") from exc
+        raise ValueError(f"{path} could not be read as a TorchScript weights archive: {exc}; "
+                         "refusing it.") from exc
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", declared, out, set(), 0)
     return out
