@@ -142,6 +142,13 @@ def test_plan_names_overlay_collisions_and_keeps_names_of_earlier_runs(tmp_path:
         '{"images": {"x": "%s"}}' % (tmp_path / "in" / "x.png").resolve())
     again = plan_outputs([tmp_path / "in"], tmp_path / "out")
     assert {item.source.name: item.name for item in again.images}["x.png"] == "x"
+    # Another image called x, elsewhere: "x" still belongs to in/x.png, which exists.
+    _image(tmp_path / "other" / "x.png")
+    elsewhere = plan_outputs([tmp_path / "other"], tmp_path / "out")
+    assert [item.name for item in elsewhere.images] == ["x_2"]
+    # Once in/x.png is gone (the folder moved), its name is free: a moved folder resumes by name.
+    (tmp_path / "in" / "x.png").unlink()
+    assert [item.name for item in plan_outputs([tmp_path / "other"], tmp_path / "out").images] == ["x"]
 
 
 def test_run_folder_decisions(tmp_path: Path) -> None:

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parser(sub)
     add_weights_parser(sub)
     try:
+        from ..server._cli import add_serve_parser
+    except ImportError:  # the server package is optional in development trees
+        pass
+    else:
+        add_serve_parser(sub)
+    try:
         from ..evaluation._cli import add_eval_parser
     except ImportError as exc:  # during development the evaluation package may be missing
         reason = str(exc)

@@ -75,12 +75,25 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     seg.add_argument("--overwrite", action="store_true",
                      help="redo finished images, and replace results made with other classes")
     seg.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
+    try:
+        from ..server._cli import add_remote_arguments
+    except ImportError:  # the server package is optional in development trees
+        pass
+    else:
+        add_remote_arguments(seg)  # --server URL, --token-file PATH
     seg.set_defaults(func=_cmd_segment)
     return seg
 
 
 def build_segmenter(args: argparse.Namespace) -> Any:
-    """Build the Segmenter for ``segment`` (tests replace this with tiny random models)."""
+    """Build the Segmenter for ``segment`` (tests replace this with tiny random models).
+
+    With ``--server URL`` it is a client of that server (same ``segment`` interface).
+    """
+    if getattr(args, "server", None) or getattr(args, "token_file", None) is not None:
+        from ..server._cli import remote_segmenter_from_args
+
+        return remote_segmenter_from_args(args)
     from ..engine import Segmenter
 
     random = bool(args.random_weights)
@@ -99,6 +112,8 @@ def build_segmenter(args: argparse.Namespace) -> Any:
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What, besides the classes, decides the masks: recorded in and compared with classes.json."""
+    if getattr(args, "server", None):  # the server's models: compared by method and preset only
+        return {"method": args.method, "preset": args.preset, "server": args.server}
     return {"method": args.method, "preset": args.preset, "clip": args.clip, "vfm": args.vfm,
             "random_weights": bool(args.random_weights)}
 
@@ -181,7 +196,7 @@ def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pix
     from ..io import read_image, start_run, write_image_outputs
 
     # 2. The models, then the class table before the first mask.
-    if args.random_weights:
+    if args.random_weights and not getattr(args, "server", None):
         _say("warning: --random-weights: models have random weights; the masks are meaningless "
              "(use this only to test the pipeline).")
     segmenter = build_segmenter(args)

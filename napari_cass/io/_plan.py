@@ -136,10 +136,15 @@ def _previous_names(out_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _assign(bases: list[str], pinned: list[str | None]) -> list[str]:
-    """Unique stems: names of earlier runs kept, then safe names, overlays never colliding."""
+def _assign(bases: list[str], pinned: list[str | None], reserved: Sequence[str] = ()) -> list[str]:
+    """Unique stems: names of earlier runs kept, then safe names, overlays never colliding.
+
+    ``reserved`` names belong to images of earlier runs that are not in this one.
+    """
     names: list[str | None] = [None] * len(bases)
     files: set[str] = set()  # keys of every stem and overlay stem handed out
+    for stem in reserved:
+        files.update((_key(stem), _key(stem + OVERLAY_SUFFIX)))
 
     def free(stem: str) -> bool:
         return _key(stem) not in files and _key(stem + OVERLAY_SUFFIX) not in files
@@ -152,7 +157,7 @@ def _assign(bases: list[str], pinned: list[str | None]) -> list[str]:
         if stem is not None and free(stem):
             take(i, stem)
     todo = [i for i in range(len(bases)) if names[i] is None]
-    taken = [n for n in names if n is not None]
+    taken = [n for n in names if n is not None] + list(reserved)
     for i, stem in zip(todo, unique_filenames([bases[i] for i in todo], taken=taken)):
         base, n = stem, 1
         while not free(stem):  # x_overlay.png of image "x" vs the mask of image "x_overlay"
@@ -187,14 +192,20 @@ def plan_outputs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.Pat
         Names are the sources' names made safe (letters of every script kept, see
         :func:`napari_cass.io.safe_filename`); a collision gets ``_2``, ``_3``... in input
         order. A source that an earlier run into ``out_dir`` named (``classes.json``,
-        ``"images"``) keeps that name, so a re-run over a grown folder resumes.
+        ``"images"``) keeps that name, so a re-run over a grown folder resumes; names of
+        earlier images that still exist but are not in this run are not reused, so their
+        results are never taken for another image's.
     """
     out = Path(out_dir).expanduser()
     check_writable_folder(out)
     found = list_images(inputs, recursive=recursive, exclude=out, suffixes=suffixes)
     previous = _previous_names(out) if out.is_dir() else {}
     bases = [base for _, base in found]
-    names = _assign(bases, [previous.get(str(src)) for src, _ in found])
+    sources = {str(src) for src, _ in found}
+    # Outputs of earlier runs whose images still exist keep their names; those of images
+    # moved or deleted since may be taken (a moved folder then resumes by name).
+    reserved = [name for src, name in previous.items() if src not in sources and Path(src).exists()]
+    names = _assign(bases, [previous.get(str(src)) for src, _ in found], reserved)
     images = tuple(
         PlannedImage(source=src, name=name, mask=out / f"{name}{mask_suffix}",
                      overlay=out / f"{name}{OVERLAY_SUFFIX}.png",
