@@ -1,7 +1,11 @@
 """The class list editor: a table (colour, name, synonyms) plus quick entry and files.
 
 Row 0 is always "background" (label 0); rows 1..n are the classes the engine is
-asked about, so row k is label k in the Labels layer.
+asked about, so row k is label k in the Labels layer *now*. Each row also carries
+a class id that moves with the row: when rows are reordered, renamed or removed,
+the plugin remaps existing label values by id (see ``_label_sync``), so a
+painted class keeps its meaning. Set / Load / benchmark lists reuse the id of a
+row with the same name.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
 __all__ = ["ClassTable"]
 
 _COLOR, _NAME, _SYN = 0, 1, 2
+_ID_ROLE = Qt.ItemDataRole.UserRole + 1
 _CHOOSE_LIST = "Benchmark class list…"
 
 
@@ -51,6 +56,7 @@ class ClassTable(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._updating = False
+        self._next_id = 1
 
         self.table = QTableWidget(0, 3, self)
         self.table.setHorizontalHeaderLabels(["", "Class (label)", "Synonyms"])
@@ -91,7 +97,8 @@ class ClassTable(QWidget):
         )
         self.set_btn = QPushButton("Set")
         self.set_btn.setToolTip("Replace the table with the classes typed on the left.")
-        self.set_btn.clicked.connect(self.set_from_text)
+        # clicked(bool) must not reach set_from_text(text): it reads the box itself.
+        self.set_btn.clicked.connect(lambda _checked=False: self.set_from_text())
         text_row = QHBoxLayout()
         text_row.addWidget(self.text, 1)
         text_row.addWidget(self.set_btn)
@@ -145,6 +152,8 @@ class ClassTable(QWidget):
         synonyms: Sequence[Sequence[str]],
         colors: np.ndarray | None,
     ) -> None:
+        by_name = {self._row_name(r).casefold(): self._row_id(r) for r in range(1, self.table.rowCount())}
+        ids = [by_name.get(str(nm).strip().casefold()) or self._new_id() for nm in names]
         self._updating = True
         try:
             n = len(names) + 1
@@ -155,20 +164,35 @@ class ClassTable(QWidget):
                 colors = base
             self.table.setRowCount(n)
             self._number_rows()
-            self._fill_row(0, BACKGROUND_NAME, self.background_words(), colors[0], background=True)
+            self._fill_row(0, BACKGROUND_NAME, self.background_words(), colors[0], 0, background=True)
             for i, (name, syn) in enumerate(zip(names, synonyms), start=1):
-                self._fill_row(i, name, list(syn), colors[i])
+                self._fill_row(i, name, list(syn), colors[i], ids[i - 1])
         finally:
             self._updating = False
         self.changed.emit()
 
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _row_name(self, row: int) -> str:
+        item = self.table.item(row, _NAME)
+        return item.text().strip() if item is not None else ""
+
+    def _row_id(self, row: int) -> int:
+        item = self.table.item(row, _NAME)
+        value = item.data(_ID_ROLE) if item is not None else None
+        return int(value) if value is not None else 0
+
     def _fill_row(
-        self, row: int, name: str, synonyms: list[str], color: np.ndarray, background: bool = False
+        self, row: int, name: str, synonyms: list[str], color: np.ndarray, class_id: int,
+        background: bool = False,
     ) -> None:
         swatch = QTableWidgetItem("")
         swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
         self._paint_swatch(swatch, color)
         name_item = QTableWidgetItem(name)
+        name_item.setData(_ID_ROLE, int(class_id))
         syn_item = QTableWidgetItem(", ".join(synonyms))
         if background:
             name_item.setFlags(Qt.ItemFlag.ItemIsEnabled)
@@ -203,6 +227,7 @@ class ClassTable(QWidget):
     def label_classes(self) -> LabelClasses:
         """The table as a :class:`LabelClasses` (label 0 = background)."""
         names, synonyms, colors = [], [], []
+        ids = [self._row_id(r) for r in range(self.table.rowCount())]
         for row in range(self.table.rowCount()):
             name_item = self.table.item(row, _NAME)
             names.append(name_item.text().strip() if name_item else "")
@@ -212,7 +237,32 @@ class ClassTable(QWidget):
             colors.append(sw.data(Qt.ItemDataRole.UserRole) if sw else (0, 0, 0))
         bg = self.background_words()
         synonyms[0] = bg
-        return LabelClasses(names, np.asarray(colors, dtype=np.uint8), synonyms, bg)
+        return LabelClasses(names, np.asarray(colors, dtype=np.uint8), synonyms, bg, ids)
+
+    def set_label_classes(self, classes: LabelClasses, quiet: bool = False) -> None:
+        """Show ``classes`` (a layer's class list), keeping its ids when it has them.
+
+        ``quiet`` fills the table without emitting ``changed`` (nothing to remap:
+        the table follows the layer, not the other way round).
+        """
+        self.background_edit.blockSignals(True)
+        self.background_edit.setText(", ".join(classes.background_words))
+        self.background_edit.blockSignals(False)
+        ids = list(classes.ids) if len(classes.ids) == classes.n_labels else []
+        self._updating = True
+        try:
+            self.table.setRowCount(classes.n_labels)
+            self._number_rows()
+            for row in range(classes.n_labels):
+                cid = ids[row] if ids else (0 if row == 0 else self._new_id())
+                self._next_id = max(self._next_id, cid + 1)
+                words = classes.background_words if row == 0 else classes.synonyms[row]
+                self._fill_row(row, classes.names[row], list(words), classes.colors[row], cid,
+                               background=row == 0)
+        finally:
+            self._updating = False
+        if not quiet:
+            self.changed.emit()
 
     def set_classes(self, prompts: Sequence, colors: np.ndarray | None = None) -> None:
         """Fill the table from engine ``ClassPrompt`` s.
@@ -267,7 +317,7 @@ class ClassTable(QWidget):
         self._updating = True
         try:
             self.table.insertRow(row)
-            self._fill_row(row, name, list(synonyms), default_colors(row + 1)[row])
+            self._fill_row(row, name, list(synonyms), default_colors(row + 1)[row], self._new_id())
         finally:
             self._updating = False
         self._number_rows()

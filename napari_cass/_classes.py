@@ -36,17 +36,25 @@ class LabelClasses:
     ``background_words`` are the words that describe label 0 to the engine; when
     empty, the engine gets no background class and label 0 only holds pixels the
     user erased or left unlabelled.
+
+    ``ids`` give each class an identity that survives reordering and renaming
+    (label 0 has id 0): the plugin remaps label values by id when the class table
+    changes, so a painted "dog" stays "dog". Empty when unknown (a plain layer).
     """
 
     names: list[str]
     colors: np.ndarray
     synonyms: list[list[str]] = field(default_factory=list)
     background_words: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
         if not self.synonyms:
             self.synonyms = [[] for _ in self.names]
+        self.ids = [int(i) for i in self.ids]
+        if self.ids and len(self.ids) != len(self.names):
+            raise ValueError(f"{len(self.ids)} class ids for {len(self.names)} classes.")
         if not (len(self.names) == len(self.colors) == len(self.synonyms)):
             raise ValueError(
                 f"Class list is inconsistent: {len(self.names)} names, {len(self.colors)} colours, "
@@ -85,14 +93,22 @@ class LabelClasses:
         return list(self.background_words) or None
 
     def color_dict(self) -> dict[int | None, np.ndarray]:
-        """Label -> RGBA for napari's DirectLabelColormap; label 0 and unknown labels transparent."""
+        """Label -> RGBA for napari's DirectLabelColormap.
+
+        Label 0 is transparent; a label without a class (painted with a number
+        beyond the table) is drawn grey so it is never invisible.
+        """
         out: dict[int | None, np.ndarray] = {
-            None: np.zeros(4, dtype=np.float32),
+            None: np.array([0.5, 0.5, 0.5, 1.0], dtype=np.float32),
             0: np.zeros(4, dtype=np.float32),
         }
         for k in range(1, self.n_labels):
             out[k] = np.array([*(self.colors[k] / 255.0), 1.0], dtype=np.float32)
         return out
+
+    def label_of(self, class_id: int) -> int:
+        """The label value of the class with id ``class_id`` (0 when it is gone)."""
+        return self.ids.index(class_id) if class_id in self.ids else 0
 
     def features(self) -> dict[str, Any]:
         """Columns for ``layer.features`` so napari shows the class name on hover."""
@@ -105,6 +121,7 @@ class LabelClasses:
             "colors": self.colors.astype(int).tolist(),
             "synonyms": [list(s) for s in self.synonyms],
             "background_words": list(self.background_words),
+            "class_ids": list(self.ids),
             **extra,
         }
 
@@ -115,6 +132,7 @@ class LabelClasses:
             colors=np.asarray(meta["colors"], dtype=np.uint8),
             synonyms=[[str(w) for w in s] for s in meta.get("synonyms", [])] or [],
             background_words=[str(w) for w in meta.get("background_words", [])],
+            ids=[int(i) for i in meta.get("class_ids", [])],
         )
 
     @classmethod

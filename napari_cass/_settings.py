@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class WidgetSettings:
     vfm: str = "dino_vitb8"
     device: str = "auto"
     classes_text: str = "person\nsky\ngrass\ntree\nbuilding"
+    #: One ``[name, synonym, ...]`` per class: unambiguous, unlike ``classes_text``
+    #: whose single line "person, man, woman" reads as three classes.
+    class_rows: list = field(default_factory=list)
     background: str = ""
     stack_mode: str = "choose for stacks…"
     show_confidence: bool = False

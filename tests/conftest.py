@@ -60,23 +60,48 @@ def rgb_image() -> np.ndarray:
 
 @pytest.fixture
 def notes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """Capture the widget's error / info / warning notifications."""
-    import napari_cass._widget as widget_mod
+    """Every notification the plugin raises (all go through ``_error_panel.notify``)."""
+    import napari_cass._error_panel as panel_mod
 
     seen: dict[str, list[str]] = {"error": [], "info": [], "warning": []}
-    monkeypatch.setattr(widget_mod, "show_error", lambda m: seen["error"].append(str(m)))
-    monkeypatch.setattr(widget_mod, "show_info", lambda m: seen["info"].append(str(m)))
-    monkeypatch.setattr(widget_mod, "show_warning", lambda m: seen["warning"].append(str(m)))
+    monkeypatch.setattr(panel_mod, "show_error", lambda m: seen["error"].append(str(m)))
+    monkeypatch.setattr(panel_mod, "show_info", lambda m: seen["info"].append(str(m)))
+    monkeypatch.setattr(panel_mod, "show_warning", lambda m: seen["warning"].append(str(m)))
     return seen
 
 
 @pytest.fixture
-def cass_widget(make_napari_viewer: Callable[..., Any], tiny_factory: Callable[..., Any]) -> Any:
-    """A viewer with the CASS dock widget (tiny random-weight models, synchronous runs)."""
-    from napari_cass._widget import CassWidget
+def toasts() -> Any:
+    """Every napari notification (any source) shown while the test runs."""
+    from napari.utils.notifications import notification_manager
 
-    viewer = make_napari_viewer()
-    widget = CassWidget(viewer, segmenter_factory=tiny_factory)
-    viewer.window.add_dock_widget(widget, name="CASS segmentation")
-    widget.run_in_thread = False
+    seen: list[Any] = []
+
+    def record(notification: Any) -> None:
+        seen.append(notification)
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def open_plugin(viewer: Any, factory: Callable[..., Any]) -> tuple[Any, Any]:
+    """Open the dock as a user does (Plugins > CASS segmentation) and inject tiny models."""
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-cass", "CASS segmentation")
+    widget.segmenter_factory = factory
+    return dock, widget
+
+
+@pytest.fixture
+def plugin(make_napari_viewer: Callable[..., Any], tiny_factory: Callable[..., Any]) -> Any:
+    """The CASS dock opened through napari's plugin path in a shown viewer (worker threads)."""
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = open_plugin(viewer, tiny_factory)
     return widget
+
+
+@pytest.fixture
+def cass_widget(plugin: Any) -> Any:
+    """The plugin dock with synchronous runs (for tests of results, not of threading)."""
+    plugin.run_in_thread = False
+    return plugin

@@ -1,22 +1,25 @@
-"""The CASS dock widget in a real napari viewer (runs under Xvfb).
+"""The CASS dock as users run it: Plugins menu path, shown viewer, real buttons, paint events.
 
 Every segmentation here uses tiny random-weight models: the labels are
 meaningless, the tests check the mechanics (layers, names, colours, edits,
-cancel, notifications).
+cancel, notifications) with exact pixels. Expected engine outputs are computed
+by calling the same (deterministic) segmenter directly.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import Qt
 
 from napari_cass._classes import META_KEY
 from napari_cass._widget import SHORTCUTS, STACK_ALL, STACK_CURRENT, CassWidget
+
+WAIT = 120_000
 
 
 def _labels(widget: CassWidget, image_name: str = "pic") -> Labels:
@@ -25,313 +28,444 @@ def _labels(widget: CassWidget, image_name: str = "pic") -> Labels:
     return layer
 
 
-def test_widget_appears(cass_widget: CassWidget, rgb_image: np.ndarray) -> None:
-    viewer = cass_widget.viewer
-    assert "CASS segmentation" in viewer.window.dock_widgets
+def click(qtbot, button) -> None:
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def set_classes(qtbot, widget: CassWidget, text: str) -> None:
+    """Type into the quick-entry box and press Set, as a user does."""
+    box = widget.class_table.text
+    box.clear()
+    qtbot.keyClicks(box, text)
+    click(qtbot, widget.class_table.set_btn)
+
+
+def run(qtbot, widget: CassWidget) -> None:
+    """Press Segment and wait for the worker."""
+    click(qtbot, widget.segment_btn)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT)
+
+
+def engine_labels(widget: CassWidget, image: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """What the engine gives for the current table (same segmenter, called directly)."""
+    classes = widget.class_table.label_classes()
+    res = widget.segmenter.segment(image, classes.prompts(), background=classes.background())
+    return res.mask(dtype)
+
+
+def strokes(layer: Labels, label: int, centres) -> None:
+    """Brush strokes through the public API (each emits napari's paint event)."""
+    layer.brush_size = 3
+    for c in centres:
+        layer.paint(c, label)
+
+
+def footprint(shape, centres) -> np.ndarray:
+    """Where those strokes land, drawn independently on a blank Labels layer."""
+    blank = Labels(np.zeros(shape, np.uint8))
+    strokes(blank, 1, centres)
+    return np.asarray(blank.data) == 1
+
+
+def test_plugin_opens_with_keys_and_sections(plugin: CassWidget, rgb_image: np.ndarray) -> None:
+    viewer = plugin.viewer
+    assert type(viewer).__name__ == "PublicOnlyProxy"  # what napari hands a plugin
+    assert any(k.startswith("CASS segmentation") for k in viewer.window.dock_widgets)
     viewer.add_image(rgb_image, name="pic")
-    assert cass_widget.image_combo.currentText() == "pic"
-    assert cass_widget.region_combo.itemText(0) == "whole image"
-    assert cass_widget.method_combo.currentText() == "cass"
-    assert cass_widget.class_table.label_classes().names[0] == "background"
-    bound = {str(k) for k in viewer.keymap}
+    assert plugin.image_combo.currentText() == "pic"
+    assert plugin.region_combo.itemText(0) == "whole image"
+    assert set(plugin.sections) == {"Image", "Classes", "Run", "Model", "Export", "Batch"}
+    bound = {str(k).lower() for k in viewer.keymap}
     for key in SHORTCUTS.values():
-        assert any(key.replace("-", "+").lower() in b.lower() or key.lower() in b.lower() for b in bound), key
-    assert "Shift+S" in cass_widget.segment_btn.toolTip()
+        assert key.lower().replace("-", "+") in {b.replace("-", "+") for b in bound}, key
+    assert "Shift+S" in plugin.segment_btn.toolTip()
 
 
-def test_segment_in_thread_worker(qtbot, cass_widget: CassWidget, rgb_image: np.ndarray,
-                                  notes: dict, tiny_factory) -> None:
-    """Random-weight tiny models through the real napari thread worker."""
-    viewer = cass_widget.viewer
+def test_segment_rerun_and_selection(qtbot, plugin: CassWidget, rgb_image: np.ndarray,
+                                     notes: dict, toasts: list, tiny_factory) -> None:
+    viewer = plugin.viewer
     viewer.add_image(rgb_image, name="pic")
-    cass_widget.run_in_thread = True
-    cass_widget.confidence_check.setChecked(True)
-    assert cass_widget.class_table.set_from_text("cat, dog | puppy, grass")
-    cass_widget.class_table.set_color(2, (10, 20, 30))
-    assert cass_widget.segment()
-    qtbot.waitUntil(lambda: not cass_widget.is_running, timeout=120_000)
-    assert notes["error"] == []
+    plugin.confidence_check.setChecked(True)
+    set_classes(qtbot, plugin, "cat, dog | puppy, grass")
+    assert plugin.class_table.label_classes().names == ["background", "cat", "dog", "grass"]
+    plugin.class_table.set_color(2, (10, 20, 30))
+    run(qtbot, plugin)
 
-    layer = _labels(cass_widget)
-    assert layer.name == "pic labels"
-    assert layer.data.shape == rgb_image.shape[:2]
-    assert set(np.unique(layer.data)) <= {1, 2, 3}  # no background words: every pixel has a class
+    layer = _labels(plugin)
+    np.testing.assert_array_equal(layer.data, engine_labels(plugin, rgb_image))
     assert list(layer.features["class"]) == ["background", "cat", "dog", "grass"]
-    assert list(layer.features["index"]) == [0, 1, 2, 3]
     assert isinstance(layer.colormap, DirectLabelColormap)
     np.testing.assert_allclose(layer.colormap.color_dict[2][:3], np.array([10, 20, 30]) / 255)
-    assert layer.colormap.color_dict[0][3] == 0  # label 0 transparent
+    assert layer.colormap.color_dict[0][3] == 0
     meta = layer.metadata[META_KEY]
-    assert meta["names"] == ["background", "cat", "dog", "grass"]
-    assert meta["synonyms"][2] == ["puppy"]
-    assert meta["image"] == "pic" and meta["method"] == "cass"
-    assert cass_widget.device_label.text() == "running on: cpu"
+    assert meta["synonyms"][2] == ["puppy"] and meta["image"] == "pic"
+    assert plugin.device_label.text() == "running on: cpu"
     conf = viewer.layers["pic confidence"]
-    assert conf.data.shape == rgb_image.shape[:2]
     assert 0.0 < float(conf.data.min()) <= float(conf.data.max()) <= 1.0
-    # labels stay above the confidence map
     assert viewer.layers.index(layer) > viewer.layers.index(conf)
+    assert viewer.layers.selection.active.name == "pic labels"  # brush goes to the labels
 
-    # A prompt-only change re-uses the cached segmenter and the image features.
-    cass_widget.class_table.set_from_text("cat, dog, grass, sky")
-    assert cass_widget.segment()
-    qtbot.waitUntil(lambda: not cass_widget.is_running, timeout=120_000)
-    assert len(tiny_factory.calls) == 1
-    assert cass_widget.last_run["from_cache"] is True
+    set_classes(qtbot, plugin, "cat, dog, grass, sky")
+    run(qtbot, plugin)
+    assert len(tiny_factory.calls) == 1 and plugin.last_run["from_cache"] is True
     assert list(layer.features["class"])[-1] == "sky"
+    np.testing.assert_array_equal(layer.data, engine_labels(plugin, rgb_image))
+    assert notes == {"error": [], "info": [], "warning": []}
+    assert toasts == []
 
 
-def test_background_words_give_label_zero(cass_widget: CassWidget, rgb_image: np.ndarray,
-                                          notes: dict) -> None:
-    """Random weights: only the label mapping (engine class 0 -> label 0) is checked."""
-    cass_widget.viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog")
-    cass_widget.class_table.background_edit.setText("wall, floor")
-    assert cass_widget.segment()
-    layer = _labels(cass_widget)
-    assert layer.metadata[META_KEY]["has_background"] is True
-    assert layer.metadata[META_KEY]["background_words"] == ["wall", "floor"]
-    assert set(np.unique(layer.data)) <= {0, 1, 2}
-    assert notes["error"] == []
+def test_150_strokes_survive_rerun(qtbot, plugin: CassWidget, rgb_image: np.ndarray,
+                                   toasts: list, recwarn) -> None:
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    rng = np.random.default_rng(7)
+    centres = [tuple(int(v) for v in rng.integers((2, 2), (46, 62))) for _ in range(150)]
+    first = np.array(layer.data, copy=True)
+    strokes(layer, 3, centres)
+    # napari records (and emits) only pixels a stroke changed: those are the edits
+    painted = footprint(layer.data.shape, centres) & (first != 3)
+    assert painted.sum() > 300
+
+    set_classes(qtbot, plugin, "cat, dog, grass, sky")
+    run(qtbot, plugin)
+    expected = np.where(painted, 3, engine_labels(plugin, rgb_image))
+    np.testing.assert_array_equal(layer.data, expected)
+    assert toasts == []
+    assert not [w for w in recwarn if "Private attribute" in str(w.message)]
+
+
+def test_undo_redo_then_rerun(qtbot, plugin: CassWidget, rgb_image: np.ndarray) -> None:
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    first = np.array(layer.data, copy=True)
+    set_classes(qtbot, plugin, "cat, dog, grass, sky, tree")  # appended: no value moves
+    new = engine_labels(plugin, rgb_image)
+    fresh = np.argwhere((new != first)[:, 24:])  # where a stale pixel would show
+    assert fresh.size, "the new prompts must change some pixels for this test to mean anything"
+    kept = [(10, 4), (10, 8), (12, 12)]
+    undone = [(int(r), int(c) + 24) for r, c in fresh[:: max(len(fresh) // 3, 1)][:3]]
+    # labels 5 ("tree") and 4 ("sky") are not in the first output: every stroke changes
+    # pixels, so each is one napari undo step
+    strokes(layer, 5, kept)
+    strokes(layer, 4, undone)
+    for _ in undone:
+        layer.undo()
+    layer.undo()  # the last "kept" stroke ...
+    layer.redo()  # ... comes back
+    assert not np.isin(first, [4, 5]).any()
+    kept_fp = footprint(first.shape, kept)
+    undone_fp = footprint(first.shape, undone) & ~kept_fp
+
+    run(qtbot, plugin)
+    assert (new != first)[undone_fp].any()
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, new))
+
+    # "Undo last run" puts back what the run replaced (the strokes stay)
+    click(qtbot, plugin.undo_btn)
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, first))
+    # ... and napari's Ctrl+Z of a whole run is noticed on the next run
+    run(qtbot, plugin)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, first))
+    plugin.replace_all_check.setChecked(True)
+    run(qtbot, plugin)
+    np.testing.assert_array_equal(layer.data, new)
+
+
+def test_class_table_edits_remap_labels(qtbot, plugin: CassWidget, rgb_image: np.ndarray,
+                                        tmp_path, toasts: list) -> None:
+    """Reorder, remove, rename, add after edits: every label keeps its class."""
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    strokes(layer, 2, [(20, 20), (22, 26)])  # a hand-painted "dog"
+    dog = np.asarray(layer.data) == 2
+    cat = np.asarray(layer.data) == 1
+    grass = np.asarray(layer.data) == 3
+    table = plugin.class_table
+
+    table.table.setCurrentCell(2, 1)  # dog up: dog=1, cat=2
+    click(qtbot, table.up_btn)
+    assert table.label_classes().names == ["background", "dog", "cat", "grass"]
+    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * cat + 3 * grass)
+    assert list(layer.features["class"]) == ["background", "dog", "cat", "grass"]
+
+    table.table.setCurrentCell(2, 1)  # remove cat: its pixels become unlabelled
+    click(qtbot, table.remove_btn)
+    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * grass)
+    table.table.item(2, 1).setText("lawn")  # rename: values stay, the name follows
+    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * grass)
+    assert layer.metadata[META_KEY]["names"] == ["background", "dog", "lawn"]
+
+    click(qtbot, table.add_btn)  # a new class is visible at once and exportable
+    assert layer.colormap.color_dict[3][3] == 1.0
+    strokes(layer, 3, [(5, 5)])
+    paths = plugin.export_dataset(tmp_path)
+    from napari_cass.io import read_classes_json, read_label_image
+
+    assert (read_label_image(paths["mask"]) == 3).any()
+    assert [c["name"] for c in read_classes_json(paths["classes"])["classes"]] == [
+        "background", "dog", "lawn", "class 3"]
+
+    # the painted dog stays dog through a re-run
+    run(qtbot, plugin)
+    assert (np.asarray(layer.data)[dog] == 1).all()
+    assert toasts == []
+
+
+def test_set_keeps_ids_of_same_names(qtbot, plugin: CassWidget, rgb_image: np.ndarray) -> None:
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    before = np.array(layer.data, copy=True)
+    set_classes(qtbot, plugin, "dog, cat, grass")  # swaps cat and dog, adds grass
+    lut = np.array([0, 2, 1], np.uint8)
+    np.testing.assert_array_equal(layer.data, lut[before])
 
 
 class _GatedSegmenter:
     """Wraps a real segmenter; when ``block`` is set, waits for the cancel request first.
 
-    This makes the race between the worker thread and the Cancel button deterministic;
-    the cancellation itself still goes through the engine's ``cancel`` callback.
+    ``obey=False`` then finishes anyway (what a cached prompt-only re-run or the
+    text stage does when it never looks at the flag): the widget must drop it.
     """
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.block = False
+        self.obey = True
         self.device = inner.device
         self.method = inner.method
         self.preset = inner.preset
 
     def segment(self, image, classes, progress=None, cancel=None, *, background=None):
+        import time
+
         if self.block:
-            for _ in range(2000):
+            for _ in range(4000):
                 if cancel():
                     break
                 time.sleep(0.005)
-        return self.inner.segment(image, classes, progress, cancel, background=background)
+        return self.inner.segment(image, classes, progress, cancel if self.obey else None,
+                                  background=background)
 
 
-def test_cancel_leaves_layers_untouched(qtbot, cass_widget: CassWidget, rgb_image: np.ndarray,
-                                        notes: dict, tiny_factory) -> None:
-    """Random weights. A cancelled re-run changes no pixel and adds no layer."""
+@pytest.mark.parametrize("stage", ["model", "segment", "late"])
+def test_cancel_at_each_stage(qtbot, plugin: CassWidget, rgb_image: np.ndarray, notes: dict,
+                              tiny_factory, stage: str) -> None:
+    import time
+
     gated: list[_GatedSegmenter] = []
+    downloads: list[int] = []
 
-    def factory(**kwargs):
-        gated.append(_GatedSegmenter(tiny_factory(**kwargs)))
+    def factory(clip, vfm, method, preset, device, progress=None):
+        if stage == "model" and gated:  # a rebuild "downloads" until the progress call raises
+            for i in range(4000):
+                downloads.append(i)
+                progress(i, 4000, "Downloading weights")
+                time.sleep(0.005)
+        gated.append(_GatedSegmenter(tiny_factory(clip, vfm, method, preset, device)))
         return gated[-1]
 
-    cass_widget.segmenter_factory = factory
-    viewer = cass_widget.viewer
+    plugin.segmenter_factory = factory
+    viewer = plugin.viewer
     viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog")
-    assert cass_widget.segment()
-    before = np.array(_labels(cass_widget).data, copy=True)
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    before = np.array(layer.data, copy=True)
     names_before = [ly.name for ly in viewer.layers]
 
-    cass_widget.run_in_thread = True
+    if stage == "model":
+        plugin.clip_combo.setCurrentText("ViT-B-32")  # a rebuild
     gated[-1].block = True
-    cass_widget.class_table.set_from_text("cat, dog, grass")
-    cass_widget.replace_all_check.setChecked(True)
-    assert cass_widget.segment()
-    assert cass_widget.is_running
-    cass_widget.cancel()
-    qtbot.waitUntil(lambda: not cass_widget.is_running, timeout=120_000)
+    gated[-1].obey = stage != "late"
+    plugin.replace_all_check.setChecked(True)
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    click(qtbot, plugin.segment_btn)
+    assert plugin.is_running and plugin.cancel_btn.isEnabled()
+    if stage == "model":
+        qtbot.waitUntil(lambda: len(downloads) > 3, timeout=WAIT)
+    click(qtbot, plugin.cancel_btn)
+    qtbot.waitUntil(lambda: not plugin.is_running, timeout=WAIT)
     assert [ly.name for ly in viewer.layers] == names_before
-    np.testing.assert_array_equal(_labels(cass_widget).data, before)
-    assert _labels(cass_widget).metadata[META_KEY]["names"] == ["background", "cat", "dog"]
-    assert any("cancelled" in m for m in notes["info"])
+    np.testing.assert_array_equal(layer.data, before)
+    assert "cancelled" in plugin.status_label.text()
     assert notes["error"] == []
-
-    # cancelling a first run creates no layer at all
-    viewer.add_image(rgb_image[::-1], name="other")
-    cass_widget.select_image("other")
-    assert cass_widget.segment()
-    cass_widget.cancel()
-    qtbot.waitUntil(lambda: not cass_widget.is_running, timeout=120_000)
-    assert cass_widget.labels_layer_for("other") is None
+    if stage == "model":
+        assert len(downloads) < 4000 and len(gated) == 1  # stopped mid-download
 
 
-def test_manual_edits_survive_rerun_and_replace_all(cass_widget: CassWidget,
-                                                    rgb_image: np.ndarray, notes: dict) -> None:
-    """Random weights. Edits via the paint path and via a silent data change are both kept."""
-    viewer = cass_widget.viewer
+def test_contrast_limits_are_respected(qtbot, plugin: CassWidget, tiny_factory) -> None:
+    seen = []
+
+    def factory(clip, vfm, method, preset, device):
+        seg = tiny_factory(clip, vfm, method, preset, device)
+        inner = seg.segment
+
+        def segment(image, *a, **k):
+            seen.append(np.array(image, copy=True))
+            return inner(image, *a, **k)
+
+        seg.segment = segment
+        return seg
+
+    plugin.segmenter_factory = factory
+    img = np.linspace(0, 0.05, 48 * 64, dtype=np.float32).reshape(48, 64)
+    plugin.viewer.add_image(img, name="dim", contrast_limits=(0.0, 0.05))
+    set_classes(qtbot, plugin, "cell")
+    run(qtbot, plugin)
+    assert seen[-1].dtype == np.uint8
+    assert seen[-1].min() == 0 and seen[-1].max() == 255  # the range shown, not black
+
+
+def test_region_rerun_only_changes_inside_shape(qtbot, plugin: CassWidget, rgb_image: np.ndarray,
+                                                notes: dict) -> None:
+    viewer = plugin.viewer
     viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog, grass")
-    assert cass_widget.segment()
-    layer = _labels(cass_widget)
-    engine_first = np.array(layer.data, copy=True)
-
-    # 1) the napari paint path (brush): emits the layer's paint event
-    layer.selected_label = 3
-    layer.brush_size = 5
-    layer.paint((10, 10), 3)
-    painted = np.argwhere(layer.data == 3)
-    assert painted.size
-    # 2) a change no event reports: found by the diff against the last engine output
-    layer.data[40:44, 50:60] = 2
-    layer.refresh()
-    edited_now = np.array(layer.data, copy=True)
-    edited_mask = edited_now != engine_first
-    assert edited_mask.any()
-
-    # The paint-event path, as the same method the event calls.
-    cass_widget.mark_edited(layer, [(np.nonzero(np.zeros_like(edited_mask)),)])
-
-    cass_widget.class_table.set_from_text("cat, dog, grass, sky")
-    assert cass_widget.segment()
-    after = np.asarray(layer.data)
-    np.testing.assert_array_equal(after[edited_mask], edited_now[edited_mask])
-    np.testing.assert_array_equal(after[40:44, 50:60], 2)
-    state = cass_widget._states[id(layer)]
-    assert state.edited[edited_mask].all()
-    np.testing.assert_array_equal(after[~state.edited], state.last_output[~state.edited])
-
-    # Undo last run: back to the edited labels before the re-run
-    before_undo = np.array(after, copy=True)
-    assert cass_widget.undo_last_run()
-    np.testing.assert_array_equal(layer.data, edited_now)
-    # Re-run, then "replace all": the edits are gone, the engine output is everywhere
-    assert cass_widget.segment()
-    np.testing.assert_array_equal(layer.data, before_undo)
-    cass_widget.replace_all_check.setChecked(True)
-    assert cass_widget.segment()
-    np.testing.assert_array_equal(layer.data, state.last_output)
-    assert not state.edited.any()
-    # Ctrl+Z (napari's own undo) also undoes a run
-    layer.undo()
-    np.testing.assert_array_equal(layer.data, before_undo)
-    assert notes["error"] == []
-
-
-def test_region_rerun_only_changes_inside_shape(cass_widget: CassWidget,
-                                                rgb_image: np.ndarray, notes: dict) -> None:
-    """Random weights. Only pixels inside the rectangle may change."""
-    viewer = cass_widget.viewer
-    viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog")
-    assert cass_widget.segment()
-    layer = _labels(cass_widget)
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
     before = np.array(layer.data, copy=True)
     viewer.add_shapes([np.array([[5, 8], [5, 30], [25, 30], [25, 8]])], shape_type="rectangle",
                       name="box")
-    cass_widget.region_combo.setCurrentText("box")
-    cass_widget.class_table.set_from_text("cat, dog, grass, sky, tree")
-    cass_widget.replace_all_check.setChecked(True)
-    assert cass_widget.segment()
+    plugin.region_combo.setCurrentText("box")
+    set_classes(qtbot, plugin, "cat, dog, grass, sky, tree")
+    plugin.replace_all_check.setChecked(True)
+    run(qtbot, plugin)
     outside = np.ones(before.shape, bool)
     outside[5:26, 8:31] = False
     np.testing.assert_array_equal(np.asarray(layer.data)[outside], before[outside])
     assert notes["error"] == []
-
     viewer.layers["box"].data = []
-    assert not cass_widget.segment()
-    assert "no rectangle" in notes["error"][-1]
+    assert not plugin.segment()
+    assert "no rectangle" in plugin.errors.message
 
 
-def test_bad_inputs_notify_instead_of_raising(cass_widget: CassWidget, notes: dict) -> None:
-    viewer = cass_widget.viewer
-    assert not cass_widget.segment()
-    assert "No image layer" in notes["error"][-1]
+def test_errors_are_bounded_and_copyable(qtbot, plugin: CassWidget, notes: dict) -> None:
+    width = plugin.width()
+    click(qtbot, plugin.segment_btn)
+    assert "No image layer" in plugin.errors.message
+    assert notes["error"] and "No image layer" in notes["error"][-1]
+    click(qtbot, plugin.errors.details_btn)
+    assert plugin.errors.details.isVisible()
+    assert plugin.errors.details.height() <= 100
+    long = "Weights missing. Run: " + "napari-cass download ViT-B-16 " + "x" * 400
+    plugin.errors.set_error(long, toast=False)
+    click(qtbot, plugin.errors.copy_btn)
+    from qtpy.QtWidgets import QApplication
 
+    assert QApplication.clipboard().text() == long
+    assert plugin.width() == width
+
+
+def test_bad_inputs_give_messages(qtbot, plugin: CassWidget) -> None:
+    viewer = plugin.viewer
     viewer.add_image(np.zeros((32, 32), np.uint8), name="grey")
-    cass_widget.class_table.set_from_text("cat")
-    cass_widget.class_table.table.setCurrentCell(1, 1)
-    cass_widget.class_table.remove_selected()
-    assert not cass_widget.segment()
-    assert "class list is empty" in notes["error"][-1]
-
-    assert not cass_widget.class_table.set_from_text("  ")
-    assert "empty" in notes["error"][-1]
-    assert not cass_widget.class_table.set_from_text("cat, Cat")
-    assert "Duplicate" in notes["error"][-1]
-
-    cass_widget.class_table.set_from_text("cat, dog")
+    set_classes(qtbot, plugin, "cat")
+    plugin.class_table.table.setCurrentCell(1, 1)
+    click(qtbot, plugin.class_table.remove_btn)
+    assert not plugin.segment()
+    assert "class list is empty" in plugin.errors.message
+    set_classes(qtbot, plugin, "cat, Cat")
+    assert "Duplicate" in plugin.errors.message
+    set_classes(qtbot, plugin, "cat, dog")
     viewer.add_image(np.zeros((2, 3, 32, 32), np.uint8), name="hyper")
-    cass_widget.select_image("hyper")
-    assert cass_widget.stack_combo.currentText() == "choose for stacks…"
-    assert not cass_widget.segment()
-    assert "is a stack" in notes["error"][-1]
-    cass_widget.stack_combo.setCurrentText(STACK_ALL)
-    assert not cass_widget.segment()
-    assert "slice axes" in notes["error"][-1]
-    assert cass_widget.labels_layer_for("hyper") is None
-    assert not cass_widget.is_running
+    plugin.select_image("hyper")
+    assert not plugin.segment()
+    assert "is a stack" in plugin.errors.message
+    plugin.stack_combo.setCurrentText(STACK_ALL)
+    assert not plugin.segment()
+    assert "slice axes" in plugin.errors.message
+    assert plugin.labels_layer_for("hyper") is None and not plugin.is_running
 
 
-def test_stack_current_and_all_slices(cass_widget: CassWidget, notes: dict) -> None:
-    """Random weights. 3-D stacks: one slice, then every slice."""
-    viewer = cass_widget.viewer
+def test_stack_slices_and_tiff(qtbot, plugin: CassWidget, tmp_path) -> None:
+    viewer = plugin.viewer
     stack = (np.random.default_rng(1).random((3, 32, 40)) * 255).astype(np.uint8)
     viewer.add_image(stack, name="stack")
-    cass_widget.select_image("stack")
-    cass_widget.class_table.set_from_text("cell, membrane")
-    cass_widget.stack_combo.setCurrentText(STACK_CURRENT)
+    plugin.select_image("stack")
+    set_classes(qtbot, plugin, "cell, membrane")
+    plugin.stack_combo.setCurrentText(STACK_CURRENT)
     viewer.dims.set_current_step(0, 1)
-    assert cass_widget.segment()
-    layer = _labels(cass_widget, "stack")
-    assert layer.data.shape == stack.shape
+    run(qtbot, plugin)
+    layer = _labels(plugin, "stack")
     assert (layer.data[1] > 0).all() and (layer.data[0] == 0).all() and (layer.data[2] == 0).all()
-    cass_widget.stack_combo.setCurrentText(STACK_ALL)
-    assert cass_widget.segment()
-    assert (layer.data > 0).all()
-    assert cass_widget.last_run["slices"] == 3
-    assert notes["error"] == []
+    plugin.stack_combo.setCurrentText(STACK_ALL)
+    run(qtbot, plugin)
+    assert (layer.data > 0).all() and plugin.last_run["slices"] == 3
+    # the widget's guidance: File > Save Selected Layer(s) as .tif writes every slice
+    viewer.layers.selection.active = layer
+    out = tmp_path / "stack.tif"
+    viewer.layers.save(str(out), selected=True, plugin="napari-cass")
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(out), layer.data)
 
 
-def test_export_dataset_never_overwrites(cass_widget: CassWidget, rgb_image: np.ndarray,
-                                         notes: dict, tmp_path) -> None:
-    from napari_cass.io import read_classes_json, read_label_image
+def test_export_refusal_speaks_gui(qtbot, plugin: CassWidget, rgb_image: np.ndarray, tmp_path) -> None:
+    from napari_cass.io import read_label_image
 
-    cass_widget.viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog")
-    assert cass_widget.segment()
-    paths = cass_widget.export_dataset(tmp_path)
-    assert paths is not None
-    np.testing.assert_array_equal(read_label_image(paths["mask"]), _labels(cass_widget).data)
-    assert [c["name"] for c in read_classes_json(paths["classes"])["classes"]] == [
-        "background", "cat", "dog"]
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    paths = plugin.export_dataset(tmp_path)
+    np.testing.assert_array_equal(read_label_image(paths["mask"]), _labels(plugin).data)
     stamp = paths["mask"].stat().st_mtime_ns
-    assert cass_widget.export_dataset(tmp_path) is None
-    assert "exist" in notes["error"][-1]
+    assert plugin.export_dataset(tmp_path) is None
+    assert "another folder" in plugin.errors.message
+    assert "overwrite" not in plugin.errors.message.lower()
     assert paths["mask"].stat().st_mtime_ns == stamp
 
 
-def test_settings_are_remembered(make_napari_viewer, tiny_factory, rgb_image: np.ndarray) -> None:
+def test_settings_remember_one_class_with_synonyms(make_napari_viewer, tiny_factory) -> None:
+    from conftest import open_plugin
+
     from napari_cass._settings import settings_path
 
-    viewer = make_napari_viewer()
-    w = CassWidget(viewer, segmenter_factory=tiny_factory)
-    w.run_in_thread = False
-    viewer.add_image(rgb_image, name="pic")
+    viewer = make_napari_viewer(show=True)
+    dock, w = open_plugin(viewer, tiny_factory)
     w.method_combo.setCurrentText("sclip")
-    w.device_combo.setCurrentText("cpu")
-    w.class_table.set_from_text("road\nsky, clouds")
-    assert w.segment()
+    w.class_table.set_from_text("person | man | woman")  # one class, two synonyms
+    assert w.class_table.label_classes().names == ["background", "person"]
+    viewer.window.remove_dock_widget(dock)
     saved = json.loads(settings_path().read_text())
-    assert saved["method"] == "sclip" and saved["device"] == "cpu"
-    assert saved["classes_text"] == "road\nsky, clouds"
-    w.cleanup()
+    assert saved["method"] == "sclip" and saved["class_rows"] == [["person", "man", "woman"]]
 
-    w2 = CassWidget(make_napari_viewer(), segmenter_factory=tiny_factory)
+    _dock2, w2 = open_plugin(viewer, tiny_factory)
     assert w2.method_combo.currentText() == "sclip"
-    assert w2.class_table.label_classes().names == ["background", "road", "sky"]
+    lc = w2.class_table.label_classes()
+    assert lc.names == ["background", "person"] and lc.synonyms[1] == ["man", "woman"]
 
 
-def test_toggle_labels_shortcut_action(cass_widget: CassWidget, rgb_image: np.ndarray) -> None:
-    cass_widget.viewer.add_image(rgb_image, name="pic")
-    cass_widget.class_table.set_from_text("cat, dog")
-    assert cass_widget.segment()
-    layer = _labels(cass_widget)
-    assert layer.visible
-    cass_widget.toggle_labels()
-    assert not layer.visible
+def test_close_and_reopen_dock(qtbot, make_napari_viewer, tiny_factory, rgb_image,
+                               notes: dict, toasts: list) -> None:
+    from conftest import open_plugin
+
+    viewer = make_napari_viewer(show=True)
+    dock, w = open_plugin(viewer, tiny_factory)
+    viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog")
+    run(qtbot, w)
+    layer = _labels(w)
+    viewer.window.remove_dock_widget(dock)  # the dock's close button does this
+    bound = {str(k).lower().replace("-", "+") for k in viewer.keymap}
+    assert not any(k.lower().replace("-", "+") in bound for k in SHORTCUTS.values())
+    assert w.sync.states == {}
+    _dock2, w2 = open_plugin(viewer, tiny_factory)
+    assert notes["warning"] == [] and toasts == []
+    layer.paint((5, 5), 2)  # reaches the new dock only (the old one holds no state)
+    assert w.sync.states == {}
+    w2.select_image("pic")
+    set_classes(qtbot, w2, "cat, dog, grass")
+    run(qtbot, w2)
+    assert layer.data[5, 5] == 2
 
 
 def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
@@ -342,17 +476,19 @@ def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
     assert table.set_from_text("person | man, car, road")
     assert table.label_classes().names == ["background", "person", "car", "road"]
     assert table.label_classes().synonyms[1] == ["man"]
+    ids = table.label_classes().ids
     table.table.setCurrentCell(3, 1)
     table.move_selected(-1)
     assert table.label_classes().names == ["background", "person", "road", "car"]
+    assert table.label_classes().ids == [ids[0], ids[1], ids[3], ids[2]]
     table.add_class("tree", ["bush"])
     table.set_color(4, (1, 2, 3))
     table.table.item(1, 1).setText("human")
     table.background_edit.setText("sky, wall")
     lc = table.label_classes()
     assert lc.names == ["background", "human", "road", "car", "tree"]
-    assert lc.background_words == ["sky", "wall"]
-    assert lc.colors[4].tolist() == [1, 2, 3]
+    assert lc.ids[1] == ids[1]  # renaming keeps the identity
+    assert lc.background_words == ["sky", "wall"] and lc.colors[4].tolist() == [1, 2, 3]
 
     saved = table.save_file(tmp_path / "classes.json")
     with pytest.raises(FileExistsError):
@@ -366,9 +502,6 @@ def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
     assert back.background_words == ["sky", "wall"] and back.synonyms[4] == ["bush"]
     other.load_file(tmp_path / "classes.txt")
     assert other.label_classes().names == lc.names
-    assert other.label_classes().synonyms[4] == ["bush"]
-
     other.load_benchmark("voc21")
     voc = other.label_classes()
     assert voc.n_labels == 21 and voc.names[1] == "aeroplane"
-    assert len(voc.background_words) > 5  # VOC's stuff words describe the background

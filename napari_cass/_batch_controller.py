@@ -1,0 +1,175 @@
+"""Batch mode in the viewer: one image layer and one labels layer, reused image after image.
+
+Previous / Next replace the layers' data in place (``layer.data = ...``) and
+rename them; they never remove and add layers, a sequence that crashes napari
+on software OpenGL (Mesa: VMs, remote desktops, Xvfb). Corrections are saved
+shortly after every paint event (a 0.5 s debounce), before moving, and when the
+dock or the viewer closes; :meth:`BatchSession.save_if_changed` makes that cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ._batch import BatchPanel
+from ._batch_session import BatchSession
+from ._classes import META_KEY, LabelClasses
+from ._label_sync import LabelSync, labels_name
+
+__all__ = ["BatchController"]
+
+AUTOSAVE_MS = 500
+
+
+class BatchController:
+    """The widget's batch wiring (the Qt-free session is :class:`BatchSession`)."""
+
+    def __init__(
+        self, viewer: Any, sync: LabelSync, panel: BatchPanel, *,
+        table: Any, select_image: Callable[[str], None], segment: Callable[..., bool],
+        is_running: Callable[[], bool], say: Callable[[str, str], None],
+    ) -> None:
+        self.viewer = viewer
+        self.sync = sync
+        self.panel = panel
+        self.table = table
+        self._select_image = select_image
+        self._segment = segment
+        self._is_running = is_running
+        self._say = say
+        self.session: BatchSession | None = None
+        self._image_uid: Hashable | None = None
+        self._labels_uid: Hashable | None = None
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(AUTOSAVE_MS)
+        self._timer.timeout.connect(lambda: self.save(quiet=True))
+
+    # ---------------------------------------------------------- layers
+    def _by_uid(self, uid: Hashable | None) -> Any:
+        if uid is None:
+            return None
+        return next((ly for ly in self.viewer.layers if ly.unique_id == uid), None)
+
+    @property
+    def image_layer(self) -> Any:
+        return self._by_uid(self._image_uid)
+
+    @property
+    def labels_layer(self) -> Any:
+        return self._by_uid(self._labels_uid)
+
+    def on_paint(self, layer: Any) -> None:
+        """A paint event on a layer: restart the auto-save timer if it is the batch mask."""
+        if self.session is not None and layer.unique_id == self._labels_uid:
+            self._timer.start()
+
+    # ------------------------------------------------------------ open
+    def open(self, image_dir: str, output_dir: str) -> bool:
+        """Open (or resume) a batch and show its current image."""
+        if not image_dir or not output_dir:
+            self._say("error", "Choose both an image folder and an output folder for batch mode.")
+            return False
+        try:
+            session = BatchSession(image_dir, output_dir)
+            saved = session.saved_classes()
+            session.save_progress()
+        except (ValueError, OSError) as err:
+            self._say("error", str(err))
+            return False
+        if saved is not None:  # the dataset's class list wins: masks keep their meaning
+            self.table.load_file(session.output_dir / "classes.json")
+        self.session = session
+        self.panel.image_dir.setText(str(session.image_dir))
+        self.panel.output_dir.setText(str(session.output_dir))
+        return self.show()
+
+    def show(self) -> bool:
+        """Put the current image (and its saved mask, or a new run) into the layers."""
+        from napari.layers import Image, Labels
+
+        session = self.session
+        assert session is not None
+        try:
+            data = session.read_image()
+            mask = session.load_mask()
+        except (ValueError, OSError) as err:
+            self._say("error", str(err))
+            self.panel.set_session(session)
+            return False
+        stem = session.stems[session.index]
+        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        image = self.image_layer
+        if image is not None and bool(image.rgb) == rgb and image.data.ndim == data.ndim:
+            image.data = data
+            image.name = stem
+            image.reset_contrast_limits()
+        else:  # first image, or grey <-> colour (napari cannot switch that in place)
+            if image is not None:
+                self.viewer.layers.remove(image)
+            image = self.viewer.add_image(data, name=stem, rgb=rgb)
+            self._image_uid = image.unique_id
+        shape = data.shape[:2]
+        classes = self.table.label_classes()
+        labels = self.labels_layer
+        values = np.array(mask, copy=True) if mask is not None else np.zeros(shape, np.uint8)
+        if labels is not None and labels.data.ndim == values.ndim:
+            labels.data = values
+            labels.name = labels_name(stem)
+        else:
+            if labels is not None:
+                self.viewer.layers.remove(labels)
+            labels = self.viewer.add_labels(values, name=labels_name(stem), opacity=0.6)
+            self._labels_uid = labels.unique_id
+        self.sync.reset(labels, classes)
+        self.sync.decorate(labels, classes, classes.to_meta(image=stem, resumed=mask is not None))
+        self._select_image(stem)
+        self.panel.set_session(session)
+        if mask is not None:
+            self.viewer.layers.selection.active = labels
+            return True
+        return self._segment()
+
+    # ------------------------------------------------------------ save
+    def save(self, quiet: bool = False) -> bool:
+        """Save the current mask (only what changed); False, with a message, on failure."""
+        self._timer.stop()
+        session = self.session
+        image, labels = self.image_layer, self.labels_layer
+        if session is None or image is None or labels is None:
+            return True
+        meta = labels.metadata.get(META_KEY)
+        classes = LabelClasses.from_meta(meta) if meta else self.table.label_classes()
+        try:
+            session.save_if_changed(np.asarray(image.data), np.asarray(labels.data), classes)
+        except (ValueError, OSError) as err:
+            self._say("error", f"Could not save the mask of {session.current.name}: {err}")
+            return False
+        self.panel.set_session(session)
+        return True
+
+    def step(self, step: int) -> bool:
+        """Save the current mask, then go ``step`` images forward (or back)."""
+        session = self.session
+        if session is None:
+            self._say("info", "Open a batch folder first (Batch section).")
+            return False
+        if self._is_running():
+            self._say("info", "Wait for the segmentation to finish (or cancel it) before moving on.")
+            return False
+        if not self.save():
+            return False
+        if not session.go(step):
+            self.panel.set_session(session)
+            self._say("info", "This is the last image." if step > 0 else "This is the first image.")
+            return False
+        return self.show()
+
+    def close(self) -> None:
+        """Dock or viewer closing: save what is unsaved, stop the timer."""
+        self._timer.stop()
+        if self.session is not None:
+            self.save(quiet=True)

@@ -1,0 +1,111 @@
+"""The Model and Run sections: what to run with, and the buttons that run it."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QWidget,
+)
+
+__all__ = ["CLIP_BACKBONES", "DEVICES", "SHORTCUTS", "VFM_BACKBONES", "ModelPanel", "RunPanel"]
+
+CLIP_BACKBONES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
+VFM_BACKBONES = ("dino_vitb8", "dino_vits8", "dino_vitb16")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+#: Viewer shortcuts: none is bound by napari 0.9 (Shift+P / Shift+L are Shapes tools).
+SHORTCUTS = {
+    "segment": "Shift-S",
+    "next": "Shift-N",
+    "previous": "Shift-B",
+    "toggle_labels": "Shift-H",
+}
+
+
+def _key(name: str) -> str:
+    return SHORTCUTS[name].replace("-", "+")
+
+
+class ModelPanel(QWidget):
+    """Method, preset, backbones and device."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        from napari_cass.engine import METHODS, PRESETS
+
+        super().__init__(parent)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHODS))
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.setToolTip("Parameter preset: 'interactive' for everyday images.")
+        self.clip_combo = QComboBox()
+        self.clip_combo.addItems(list(CLIP_BACKBONES))
+        self.vfm_combo = QComboBox()
+        self.vfm_combo.addItems(list(VFM_BACKBONES))
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_label = QLabel("running on: (not loaded yet)")
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Method:", self.method_combo)
+        form.addRow("Preset:", self.preset_combo)
+        form.addRow("CLIP:", self.clip_combo)
+        form.addRow("VFM:", self.vfm_combo)
+        form.addRow("Device:", self.device_combo)
+        form.addRow("", self.device_label)
+
+    def key(self) -> tuple[str, str, str, str, str]:
+        """``(clip, vfm, method, preset, device)``."""
+        return (
+            self.clip_combo.currentText(), self.vfm_combo.currentText(),
+            self.method_combo.currentText(), self.preset_combo.currentText(),
+            self.device_combo.currentText(),
+        )
+
+
+class RunPanel(QWidget):
+    """Segment / Cancel / Undo last run, and the run options."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.replace_all_check = QCheckBox("Replace all")
+        self.replace_all_check.setToolTip(
+            "Discard manual edits on the next run. Unchecked: pixels you painted, filled or "
+            "erased keep their label on a re-run."
+        )
+        self.confidence_check = QCheckBox("Confidence layer")
+        self.confidence_check.setToolTip("Also add the max class probability, to spot doubtful areas.")
+        self.segment_btn = QPushButton(f"Segment ({_key('segment')})")
+        self.segment_btn.setToolTip(
+            f"Segment the image with the class list ({_key('segment')}). "
+            "Changing only the classes re-uses the image's features and is fast."
+        )
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.undo_btn = QPushButton("Undo last run")
+        self.undo_btn.setToolTip(
+            "Put back the labels the last run replaced (your later strokes stay). "
+            "Ctrl+Z undoes single strokes."
+        )
+        self.shortcuts_label = QLabel(
+            f"Keys: {_key('segment')} segment · {_key('next')} / {_key('previous')} next / "
+            f"previous image · {_key('toggle_labels')} show/hide labels"
+        )
+        self.shortcuts_label.setWordWrap(True)
+        self.shortcuts_label.setToolTip("Viewer shortcuts added by napari-cass (none is a napari default).")
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.addWidget(self.replace_all_check, 0, 0)
+        grid.addWidget(self.confidence_check, 0, 1, 1, 2)
+        grid.addWidget(self.segment_btn, 1, 0)
+        grid.addWidget(self.cancel_btn, 1, 1)
+        grid.addWidget(self.undo_btn, 1, 2)
+        grid.addWidget(self.shortcuts_label, 2, 0, 1, 3)
+
+    def set_running(self, running: bool) -> None:
+        self.segment_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
