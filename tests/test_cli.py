@@ -168,6 +168,9 @@ def test_recursive_folders_and_name_collisions(tmp_path, fake_models, capsys) ->
     assert cli.main(["segment", str(tmp_path / "in"), "--classes", "x", "--out", str(out)]) == 2
     assert "--recursive" in capsys.readouterr().err
     assert not out.exists()
+    inputs = str(tmp_path / "in" / "a")  # masks written among the images: refused
+    assert cli.main(["segment", inputs, "--classes", "x", "--out", inputs]) == 2
+    assert "is also an input folder" in capsys.readouterr().err
     # Two inputs with the same file name get different output names, recorded in classes.json.
     first, second = tmp_path / "in" / "a" / "grey.png", tmp_path / "in" / "b" / "grey.png"
     rc = cli.main(["segment", str(first), str(second), "--classes", "x", "--out", str(out)])

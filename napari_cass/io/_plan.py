@@ -107,6 +107,11 @@ def list_images(inputs: Iterable[str | os.PathLike[str]], recursive: bool = Fals
     found: dict[Path, str] = {}
     for raw in inputs:
         path = Path(raw).expanduser()
+        if path.is_dir() and excluded is not None and path.resolve() == excluded:
+            raise ValueError(
+                f"The output folder {path} is also an input folder: masks would mix with the "
+                "images. Give another output folder (a sub-folder of it is fine)."
+            )
         if path.is_dir():
             files = sorted(
                 p for p in path.glob("**/*" if recursive else "*")

@@ -14,7 +14,19 @@ from :func:`napari_cass.io.plan_outputs`). Invariants, kept by the functions bel
 
 Order of use: :class:`RunLock` -> :func:`check_output_folder` -> load models ->
 :func:`start_run` -> :func:`write_image_outputs` per image (any process or machine
-sharing the folder; :func:`image_done` tells what is left).
+sharing the folder; :func:`image_done` tells what is left). A runner in a few lines::
+
+    plan = plan_outputs(["photos/"], "masks")              # names; refuses a bad folder
+    classes = RunClasses.from_prompts(prompts)             # prompts: background first, if any
+    settings = {"method": "cass", "preset": "interactive"}
+    with RunLock(plan.out_dir):
+        clean_temp_files(plan.out_dir)
+        decision = check_output_folder(plan, classes, settings, overwrite=False)
+        segmenter = ...                                    # only now: load the models
+        start_run(plan, classes, settings, decision)       # classes.json before any mask
+        for item in decision.todo(plan):                   # workers may share this part
+            image = read_image(item.source)
+            write_image_outputs(item, image, segmenter.segment(image, prompts), classes)
 """
 
 from __future__ import annotations
