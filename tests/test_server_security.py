@@ -215,3 +215,24 @@ def test_png_and_jpeg_uploads_decode_like_pillow(guarded):
                 "classes": [{"name": "a", "queries": ["a"]}, {"name": "b", "queries": ["b"]}]}
         reply = post(guarded, body).json()
         assert reply["shape"] == [40, 52] and reply["confidence_png"]
+
+
+@pytest.mark.parametrize("backend", ["httpx", "urllib"])
+def test_https_with_a_self_signed_certificate(tmp_path, backend):
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    app = create_app(tiny_segmenter(), token=TOKEN, host="0.0.0.0")
+    with BackgroundServer(app, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)) as server:
+        assert server.url.startswith("https://")
+        with RemoteSegmenter(server.url, token=TOKEN, ca_file=cafile, backend=backend) as remote:
+            assert remote.segment(images(1, 20)[0], "a, b").labels.shape == (40, 52)
+        with pytest.raises(RemoteSegmenterError, match="certificate is not trusted"):
+            RemoteSegmenter(server.url, token=TOKEN, backend=backend).segment(images(1, 20)[0], "a")
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises(RemoteSegmenterError):
+            RemoteSegmenter(plain, token=TOKEN, backend=backend, timeout=10).segment(images(1, 20)[0], "a")

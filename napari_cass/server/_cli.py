@@ -52,6 +52,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="images whose features the engine keeps for prompt edits (default: 32)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body (default: 64)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, H x W (default: 40e6)")
+    p.add_argument("--ssl-certfile", type=Path, default=None,
+                   help="serve HTTPS with this certificate (PEM); clients give it with --ca-file if self-signed")
+    p.add_argument("--ssl-keyfile", type=Path, default=None, help="private key (PEM) of --ssl-certfile")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
     return p
@@ -93,6 +96,11 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
     for name in ("port", "queue_size", "cache_images", "max_pixels"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise ValueError("Give both --ssl-certfile and --ssl-keyfile, or neither.")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} does not exist.")
     token, token_line = _server_token(args)  # before loading models: fail fast
     if segmenter is None:
         segmenter = _load_segmenter(args)
@@ -101,8 +109,15 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
     print(f"napari-cass serve: {segmenter.method} on {segmenter.device}, "
           f"models {getattr(segmenter, 'model_names', {})}", file=sys.stderr)
     print(f"napari-cass serve: {token_line}", file=sys.stderr)
-    print(f"napari-cass serve: listening on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    scheme = "https" if args.ssl_certfile else "http"
+    if scheme == "http" and token is not None:
+        print("napari-cass serve: warning: without --ssl-certfile the token and the images cross the "
+              "network unencrypted; on a network you do not trust use HTTPS or an SSH tunnel.", file=sys.stderr)
+    print(f"napari-cass serve: listening on {scheme}://{args.host}:{args.port} (Ctrl+C to stop)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10,
+                ssl_certfile=args.ssl_certfile and str(args.ssl_certfile),
+                ssl_keyfile=args.ssl_keyfile and str(args.ssl_keyfile))
     return 0
 
 
@@ -128,12 +143,14 @@ def _load_segmenter(args: argparse.Namespace):
 
 # --------------------------------------------------------------------------- segment --server
 def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--server URL`` and ``--token-file PATH`` to the ``segment`` parser."""
+    """Add ``--server URL``, ``--token-file PATH`` and ``--ca-file PATH`` to the ``segment`` parser."""
     parser.add_argument("--server", metavar="URL", default=None,
                         help="segment on a 'napari-cass serve' server, e.g. http://gpu-box:8765 "
                              "(its models are used; --clip/--vfm/--device/--random-weights are ignored)")
     parser.add_argument("--token-file", type=Path, default=None, metavar="PATH",
                         help="file with the server's token (first line), for --server")
+    parser.add_argument("--ca-file", type=Path, default=None, metavar="PATH",
+                        help="certificate that signed an https --server's certificate (e.g. self-signed)")
 
 
 def remote_segmenter_from_args(args: argparse.Namespace):
@@ -144,12 +161,15 @@ def remote_segmenter_from_args(args: argparse.Namespace):
     """
     url = getattr(args, "server", None)
     if not url:
-        if getattr(args, "token_file", None) is not None:
-            raise ValueError("--token-file is for --server: give the server's URL too, or leave it out.")
+        for flag in ("token_file", "ca_file"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} is for --server: give the server's URL too, "
+                                 "or leave it out.")
         return None
     from ._client import RemoteSegmenter
 
     remote = RemoteSegmenter(url, token_file=getattr(args, "token_file", None),
+                             ca_file=getattr(args, "ca_file", None),
                              method=getattr(args, "method", None), preset=getattr(args, "preset", None))
     info = remote.server_info()
     if getattr(args, "random_weights", False):

@@ -59,11 +59,15 @@ class RemoteSegmenter:
         Total seconds to keep retrying while the server answers 429 (busy).
     backend : str
         ``"auto"`` (httpx if installed), ``"httpx"`` or ``"urllib"``.
+    ca_file : path, optional
+        Certificate (authority) that signed an ``https://`` server's certificate, e.g. the
+        server's own self-signed one; default: the system's authorities.
     """
 
     def __init__(self, url: str, token: str | None = None, *, token_file: str | Path | None = None,
                  method: str | None = None, preset: str | None = None, timeout: float = 300.0,
-                 connect_timeout: float = 5.0, busy_wait: float = 60.0, backend: str = "auto"):
+                 connect_timeout: float = 5.0, busy_wait: float = 60.0, backend: str = "auto",
+                 ca_file: str | Path | None = None):
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"Server URL {url!r} must look like http://host:8765.")
@@ -77,7 +81,14 @@ class RemoteSegmenter:
         self._preset_name = preset
         self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
         self.busy_wait = float(busy_wait)
-        self._transport = make_transport(backend, connect_timeout)
+        context = None
+        if ca_file is not None:
+            import ssl
+
+            if not Path(ca_file).expanduser().is_file():
+                raise ValueError(f"Certificate file {ca_file} does not exist.")
+            context = ssl.create_default_context(cafile=str(Path(ca_file).expanduser()))
+        self._transport = make_transport(backend, connect_timeout, context)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="napari-cass-remote")
         self._info: dict | None = None
         self._lock = threading.Lock()
@@ -259,9 +270,11 @@ class RemoteSegmenter:
                 raise RemoteSegmenterError(
                     f"The napari-cass server at {self.url} did not answer in time ({exc}). It may be "
                     "overloaded; try again, or raise the timeout.", 0, "timeout") from None
+            hint = ("Is 'napari-cass serve' running there, and are the host and port right?"
+                    if "certificate" not in str(exc).lower() else
+                    "The server's certificate is not trusted: give its certificate as the CA file.")
             raise RemoteSegmenterError(
-                f"Cannot reach the napari-cass server at {self.url} ({exc}). Is 'napari-cass serve' "
-                "running there, and are the host and port right?", 0, "unreachable") from None
+                f"Cannot reach the napari-cass server at {self.url} ({exc}). {hint}", 0, "unreachable") from None
 
     def _cancellable(self, method, path, body, headers, timeout, cancel, progress, job_id):
         """Run one request in the pool; poll ``cancel`` (and the job's progress) meanwhile.

@@ -7,6 +7,7 @@ and never needs to know which library carried the request.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -36,11 +37,12 @@ class Transport:
 class _HttpxTransport(Transport):
     """httpx with one pooled client per thread (keep-alive; no client shared across threads)."""
 
-    def __init__(self, connect_timeout: float):
+    def __init__(self, connect_timeout: float, ssl_context: ssl.SSLContext | None):
         import httpx
 
         self._httpx = httpx
         self._connect = connect_timeout
+        self._verify = ssl_context if ssl_context is not None else True
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
@@ -48,7 +50,7 @@ class _HttpxTransport(Transport):
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._httpx.Client(trust_env=False)
+            client = self._httpx.Client(trust_env=False, verify=self._verify)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
@@ -75,9 +77,10 @@ class _HttpxTransport(Transport):
 class _UrllibTransport(Transport):
     """The standard library: one connection per request, no extra dependency."""
 
-    def __init__(self, connect_timeout: float):
+    def __init__(self, connect_timeout: float, ssl_context: ssl.SSLContext | None):
         self._connect = connect_timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl_context))
 
     def request(self, method, url, body, headers, timeout):
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -96,14 +99,18 @@ class _UrllibTransport(Transport):
             raise ConnectionFailed(f"{type(reason).__name__}: {reason}") from None
 
 
-def make_transport(backend: str = "auto", connect_timeout: float = 5.0) -> Transport:
-    """``"httpx"``, ``"urllib"`` or ``"auto"`` (httpx when importable)."""
+def make_transport(backend: str = "auto", connect_timeout: float = 5.0,
+                   ssl_context: ssl.SSLContext | None = None) -> Transport:
+    """``"httpx"``, ``"urllib"`` or ``"auto"`` (httpx when importable).
+
+    ``ssl_context`` verifies HTTPS servers (default: the system's certificate authorities).
+    """
     if backend not in ("auto", "httpx", "urllib"):
         raise ValueError(f"Unknown HTTP backend {backend!r}: use 'auto', 'httpx' or 'urllib'.")
     if backend in ("auto", "httpx"):
         try:
-            return _HttpxTransport(connect_timeout)
+            return _HttpxTransport(connect_timeout, ssl_context)
         except ImportError:
             if backend == "httpx":
                 raise
-    return _UrllibTransport(connect_timeout)
+    return _UrllibTransport(connect_timeout, ssl_context)

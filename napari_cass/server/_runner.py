@@ -19,21 +19,26 @@ class BackgroundServer:
         Bind address (keep loopback in tests).
     port : int
         0 picks a free port; read it back from :attr:`port` after :meth:`start`.
+    ssl_certfile, ssl_keyfile : str, optional
+        Serve HTTPS with this certificate (chain) and private key.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
         import uvicorn
 
         self.host = host
+        self.scheme = "https" if ssl_certfile else "http"
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5, timeout_keep_alive=30)
+                                lifespan="on", timeout_graceful_shutdown=5, timeout_keep_alive=30,
+                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
         self.port = port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> BackgroundServer:
         """Start serving; returns once the socket accepts connections (or raises)."""
