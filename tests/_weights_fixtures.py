@@ -144,27 +144,28 @@ class MarkerModule(nn.Module):
 
     ``torch.jit.load`` calls ``__setstate__``; ``torch.from_file(shared=True)``
     creates ``path`` and the write goes to disk. The weights-file attack of issue 8,
-    with a harmless payload.
+    with a harmless payload. (Tensors only in the state: a submodule's TorchScript
+    type name changes with what else was scripted in the process.)
     """
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        self.lin = nn.Linear(3, 2)
+        self.weight = nn.Parameter(torch.zeros(2, 3))
         self.path = path
         self.written = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
+        return x @ self.weight.t()
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[str, bool, nn.Linear]:  # noqa: UP006 (TorchScript needs Tuple)
-        return (self.path, self.training, self.lin)
+    def __getstate__(self) -> Tuple[str, bool, torch.Tensor]:  # noqa: UP006 (TorchScript needs Tuple)
+        return (self.path, self.training, self.weight)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[str, bool, nn.Linear]) -> None:  # noqa: UP006
+    def __setstate__(self, state: Tuple[str, bool, torch.Tensor]) -> None:  # noqa: UP006
         self.path = state[0]
         self.training = state[1]
-        self.lin = state[2]
+        self.weight = state[2]
         payload = torch.from_file(state[0], shared=True, size=8, dtype=torch.uint8)
         payload.fill_(65)
         self.written = int(payload.sum())

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from _weights_fixtures import (env, hf_snapshot, local_hub, marker_torchscript, reduce_pickle_bytes,  # noqa: F401
-                               same_weights, script, tiny_vit)
+                               same_weights, script, tiny_clip, tiny_vit)
 from safetensors.torch import save_file
 
 import napari_cass
@@ -202,27 +202,34 @@ def test_allowlist_matches_open_clips_release_addresses() -> None:
         assert f"/clip/models/{sha}/{name}.pt" in url
 
 
-def test_allowlisted_torchscript_is_read_as_data(env: Path, tmp_path: Path,
+@pytest.mark.parametrize("model", ["tiny_clip", "tiny_vfm"])
+def test_allowlisted_torchscript_is_read_as_data(env: Path, tmp_path: Path, model: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """An allowlisted archive gives the module's own tensors, and imports like any file."""
+    """An allowlisted archive gives the module's own tensors, and imports like any file.
+
+    The scripted open_clip CLIP stands in for OpenAI's releases (same layout: a
+    TorchScript archive of a CLIP model, with a non-persistent attn_mask buffer).
+    """
     torch.manual_seed(0)
-    source = tiny_vit().eval()
+    source = (tiny_clip() if model == "tiny_clip" else tiny_vit()).eval()
     path = tmp_path / "release.pt"
     script(source).save(str(path))
     with pytest.raises(ValueError, match=REFUSAL):  # not on the list: refused
         W.load_state_dict_file(path)
 
-    monkeypatch.setitem(W.OPENAI_CLIP_SHA256, _sha256(path), "tiny_vfm")
+    monkeypatch.setitem(W.OPENAI_CLIP_SHA256, _sha256(path), model)
     state = W.read_torchscript_weights(path)
     reference = source.state_dict()
-    assert state.keys() == reference.keys()
+    assert set(reference) <= set(state) and set(state) - set(reference) <= {"attn_mask"}
     assert all(state[k].dtype == reference[k].dtype and torch.equal(state[k], reference[k]) for k in reference)
 
-    stored = W.import_weights(path, "tiny_vfm")
-    assert same_weights(W.build_vfm("tiny_vfm"), source)
+    stored = W.import_weights(path, model)
     assert stored.suffix == ".safetensors"
-    with pytest.raises(ValueError, match="is OpenAI's tiny_vfm release, not tiny_clip"):
-        W.load_state_dict_file(path, model="tiny_clip")
+    rebuilt = W.build_clip(model)[0] if model == "tiny_clip" else W.build_vfm(model)
+    assert same_weights(rebuilt, source)
+    other = "tiny_vfm" if model == "tiny_clip" else "tiny_clip"
+    with pytest.raises(ValueError, match=f"is OpenAI's {model} release, not {other}"):
+        W.load_state_dict_file(path, model=other)
 
 
 def test_restricted_reader_keeps_declared_parameters_and_buffers_only(tmp_path: Path) -> None:

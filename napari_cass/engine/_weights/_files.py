@@ -20,7 +20,7 @@ from ._models import WEIGHT_SUFFIXES
 from ._torchscript import (OPENAI_CLIP_SHA256, file_sha256, is_torchscript_archive,
                            read_torchscript_weights, refusal_message)
 
-__all__ = ["load_state_dict_file", "not_a_file_message"]
+__all__ = ["check_finite", "load_state_dict_file", "not_a_file_message"]
 
 _CONTAINER_KEYS = ("teacher", "state_dict", "model", "module")
 
@@ -85,7 +85,8 @@ def _unwrap(data: Any) -> Any:
     return data
 
 
-def _check_finite(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+def check_finite(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite values, naming the file and the first bad tensor."""
     for key, value in state.items():
         if not (value.is_floating_point() or value.is_complex()) or value.numel() == 0:
             continue
@@ -98,7 +99,8 @@ def _check_finite(path: Path, state: Mapping[str, torch.Tensor]) -> None:
             )
 
 
-def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = None,
+                         finite: bool = True) -> dict[str, torch.Tensor]:
     """Read a weights file without executing any of its code; unwrap checkpoint containers.
 
     Parameters
@@ -110,6 +112,9 @@ def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = No
         and read as data).
     model : str, optional
         The model the file is meant for; an OpenAI release of another model is refused.
+    finite : bool
+        Refuse NaN / infinite values (callers that first drop entries the model does
+        not use, such as a causal ``attn_mask`` of -inf, check afterwards).
 
     Returns
     -------
@@ -118,7 +123,9 @@ def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = No
     Raises
     ------
     FileNotFoundError
-        The path does not exist, or is a folder (``IsADirectoryError``).
+        The path does not exist.
+    IsADirectoryError
+        The path is a folder.
     ValueError
         Unreadable, not weights, non-finite values, or code that would have to run.
     """
@@ -142,5 +149,6 @@ def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = No
             "save only the model's state_dict."
         )
     state = {str(k): v for k, v in data.items()}
-    _check_finite(p, state)
+    if finite:
+        check_finite(p, state)
     return state

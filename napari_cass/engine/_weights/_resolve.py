@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import _hub
-from ._files import load_state_dict_file, not_a_file_message
+from ._files import check_finite, load_state_dict_file, not_a_file_message
 from ._messages import WeightsNotFoundError, missing_weights_message
 from ._models import (CLIP_MODELS, VFM_MODELS, WEIGHT_SUFFIXES, ModelSpec, ProgressCallback,
                       find_model)
@@ -57,6 +57,10 @@ def _normalize(state: dict[str, torch.Tensor], model: nn.Module, spec_name: str,
     for key in _OPENAI_EXTRA_KEYS:
         if key not in expected:
             out.pop(key, None)
+    # Buffers the model computes itself (non-persistent, e.g. open_clip's attn_mask) are
+    # not weights; TorchScript archives list them with the persistent ones.
+    for key in {name for name, _ in model.named_buffers()} - set(expected):
+        out.pop(key, None)
     if not any(k.startswith("head.") for k in expected):
         # DINO checkpoints carry the self-distillation projection head used only in
         # training; our backbone is built without a head (num_classes=0).
@@ -80,11 +84,13 @@ def _normalize(state: dict[str, torch.Tensor], model: nn.Module, spec_name: str,
             )
         if out[key].dtype != ref.dtype:
             out[key] = out[key].to(ref.dtype)
+    check_finite(source, out)
     return out
 
 
 def _load_checked(path: Path, spec: ModelSpec, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    return _normalize(load_state_dict_file(path, model=spec.name), model or spec.factory(), spec.name, path)
+    state = load_state_dict_file(path, model=spec.name, finite=False)  # checked once mapped
+    return _normalize(state, model or spec.factory(), spec.name, path)
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], target: Path, spec: ModelSpec,
