@@ -2,53 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ._backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipVision, Vfm
+from ._backbones import ClipVision, Vfm
 from ._device import resolve_device
+from ._encoder_inputs import clip_input, float_tokens, vfm_input
 from ._finish import finish_logits, query_groups
 from ._image import RgbImage, load_rgb, pad_pixels, padded_size, resize_image, resized_size
+from ._logits import VisionFeatures, merged_logits
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
-from ._presence import TextEncoder, adjust_text, cluster_leaders, cluster_queries, object_similarity
+from ._presence import TextEncoder, cluster_queries
 from ._presets import DEFAULT_PRESET, Preset, get_preset
 from ._probe import EngineProbe
 from ._prompts import ClassPrompt, ClassesLike, normalize_classes
 from ._progress import CancelCallback, ProgressCallback, Reporter, StageTimer
 from ._result import SegmentationResult
 from ._spectral import gaussian_bias
-from ._windows import merge_windows, window_coords
+from ._vision_cache import VisionCache
+from ._windows import window_coords
 
 __all__ = ["Segmenter", "ProgressCallback", "CancelCallback"]
-
-# mmsegmentation's data preprocessor constants, which the reference normalises with
-# (CLIP's mean/std times 255, rounded to 3 decimals).
-_MMSEG_MEAN = (122.771, 116.746, 104.094)
-_MMSEG_STD = (68.501, 66.632, 70.323)
-# The reference un-normalises crops for DINO with ImageNet statistics, blue std typed 0.255.
-_REF_INV_STD = (0.229, 0.224, 0.255)
-
-
-@dataclass
-class _Vision:
-    """Everything on the vision side of one image: reused when only the prompts change."""
-
-    size: tuple[int, int]  # original
-    resized: tuple[int, int]  # after the short-side rule
-    padded: tuple[int, int]  # resized, padded to at least one patch (elongated images)
-    windows: list[tuple[int, int, int, int]]  # on the padded image
-    grid: tuple[int, int]
-    features: torch.Tensor  # (n_windows, N, E) unit vectors
-    crop_cls: torch.Tensor | None  # (n_windows, E), prior_from_crop presets
-    image_cls: torch.Tensor | None  # (E,)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Segmenter:
@@ -133,8 +112,7 @@ class Segmenter:
         self._clip = ClipVision(self.clip_model.visual, self.reference_quirks)
         self._vfm = Vfm(self.vfm_model, self.reference_quirks) if self.vfm_model is not None else None
         self._text = TextEncoder(self.clip_model, tokenizer, self.device)
-        self._cache: OrderedDict[str, _Vision] = OrderedDict()
-        self._cache_size = int(cache_size)
+        self._cache = VisionCache(cache_size)
         self._clusters: dict[tuple, np.ndarray] = {}
         self._omega: dict[tuple[int, int], torch.Tensor] = {}
         # Testing hook: an EngineProbe (napari_cass.engine.testing) records intermediates
@@ -272,8 +250,8 @@ class Segmenter:
         start = time.perf_counter()
         if self.probe is not None:  # a probed run computes (and records) every window
             self.probe.reset()
-        key = self._cache_key(image) if self.probe is None else None
-        vision = self._cache.get(key) if key is not None else None
+        key = VisionCache.key(image, self._vision_key()) if self.probe is None else None
+        vision = self._cache.get(key)
         from_cache = vision is not None
         if vision is None:
             # Only a cache miss pays for validation and float conversion: a hit means
@@ -281,13 +259,9 @@ class Segmenter:
             rgb = load_rgb(image)
             report = Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
             vision = self._vision(rgb, report)
-            if key is not None:
-                self._cache[key] = vision
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cache.put(key, vision)
         else:
             report = Reporter(progress, cancel, 2)
-            self._cache.move_to_end(key)
         report.check()
         with torch.inference_mode():
             with timer("text"):
@@ -327,21 +301,6 @@ class Segmenter:
             self.reference_quirks, id(self.clip_model), id(self.vfm_model),
         )
 
-    def _cache_key(self, image) -> str | None:
-        """Hash of the pixels, their shape and dtype, and every vision-side setting.
-
-        None for input that cannot be hashed as numbers (it is then validated, and refused).
-        """
-        try:
-            arr = np.ascontiguousarray(np.asarray(image))
-            if arr.dtype.kind not in "biuf":
-                return None
-            h = hashlib.blake2b(arr.view(np.uint8).reshape(-1).data, digest_size=16)
-        except (TypeError, ValueError):
-            return None
-        h.update(repr((arr.shape, str(arr.dtype), self._vision_key())).encode())
-        return h.hexdigest()
-
     def _eigenscaling(self) -> bool:
         es = self.options.eigenscaling
         return self.preset.eigenscaling if es is None else bool(es)
@@ -367,36 +326,11 @@ class Segmenter:
 
     def _normalise_clip(self, img: torch.Tensor) -> torch.Tensor:
         """``(3, h, w)`` 0..255 pixels -> CLIP input."""
-        if self.reference_quirks:
-            mean = torch.tensor(_MMSEG_MEAN, device=img.device)[:, None, None]
-            std = torch.tensor(_MMSEG_STD, device=img.device)[:, None, None]
-            return (img - mean) / std
-        mean = torch.tensor(CLIP_MEAN, device=img.device)[:, None, None]
-        std = torch.tensor(CLIP_STD, device=img.device)[:, None, None]
-        return (img / 255.0 - mean) / std
+        return clip_input(img, self.reference_quirks)
 
     def _vfm_input(self, pixels: torch.Tensor, clip_in: torch.Tensor) -> torch.Tensor:
         """VFM input for a batch of crops: ``pixels`` 0..255 and their CLIP-normalised form."""
-        mean = torch.tensor(IMAGENET_MEAN, device=pixels.device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, device=pixels.device)[:, None, None]
-        patch = self._vfm.patch
-        if self.reference_quirks:
-            # The reference's round trip: un-normalise with the wrong statistics,
-            # truncate to uint8, square-resize with PIL bicubic, then ToTensor + ImageNet.
-            inv_mean = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, _REF_INV_STD)], device=pixels.device)
-            inv_std = torch.tensor([1 / s for s in _REF_INV_STD], device=pixels.device)
-            back = (clip_in - inv_mean[:, None, None]) / inv_std[:, None, None]
-            u8 = (back * 255).to(torch.uint8)
-            h, w = u8.shape[-2:]
-            if h != w:
-                u8 = _pil_square_resize(u8, min(h, w))
-            if self.probe is not None:
-                self.probe.add("vfm_uint8", u8.cpu())
-            x = (u8.float() / 255.0 - mean) / std
-        else:
-            x = (pixels / 255.0 - mean) / std
-        h, w = x.shape[-2:]
-        return x[..., : h - h % patch[0], : w - w % patch[1]]
+        return vfm_input(pixels, clip_in, self._vfm.patch, self.reference_quirks, self.probe)
 
     def _omega_for(self, grid: tuple[int, int]) -> torch.Tensor:
         key = (grid, self.preset.sigma)
@@ -405,7 +339,7 @@ class Segmenter:
         return self._omega[key]
 
     @torch.inference_mode()
-    def _vision(self, rgb: RgbImage, report: Reporter) -> _Vision:
+    def _vision(self, rgb: RgbImage, report: Reporter) -> VisionFeatures:
         p = self.preset
         timer = StageTimer(self.device)
         with timer("resize"):
@@ -421,7 +355,7 @@ class Segmenter:
         if not p.prior_from_crop and p.mode != "whole":
             with timer("image_embedding"), self._autocast():
                 tokens = self._clip.tokens_before_last(clip_in[None])
-                image_cls = self._clip.cls_embedding(_float_tokens(tokens))[0].float()
+                image_cls = self._clip.cls_embedding(float_tokens(tokens))[0].float()
             report.step("whole-image embedding")
         feats, crop_cls, grid = [], [], None
         for start in range(0, len(windows), self.batch_size):
@@ -430,7 +364,7 @@ class Segmenter:
             crops = torch.stack([clip_in[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in batch])
             crop_px = torch.stack([pixels[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in batch])
             with timer("clip_encoder"), self._autocast():
-                tokens = _float_tokens(self._clip.tokens_before_last(crops))
+                tokens = float_tokens(self._clip.tokens_before_last(crops))
             inputs = MethodInputs(tokens=tokens, omega=self._omega_for(tokens.grid))
             inputs.probe = self.probe
             if self._vfm is not None and (self.method == "proxyclip" or (self.method == "cass" and self.options.vfm_graph)):
@@ -457,7 +391,7 @@ class Segmenter:
         if p.mode == "whole" and not p.prior_from_crop:
             image_cls, crop_cls_t = crop_cls_t[0], None
         timer.times["vision"] = sum(timer.times.values())
-        return _Vision(
+        return VisionFeatures(
             size=tuple(size), resized=tuple(resized), padded=tuple(padded), windows=windows, grid=grid,
             features=torch.cat(feats), crop_cls=crop_cls_t, image_cls=image_cls, timings=timer.times,
         )
@@ -471,44 +405,10 @@ class Segmenter:
                 self._clusters.pop(next(iter(self._clusters)))
         return self._clusters[key]
 
-    def _logits(self, vision: _Vision, text: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
-        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows).
-
-        Windows are merged on the padded image; the padding is cut off here, so only
-        real pixels are labelled.
-        """
+    def _logits(self, vision: VisionFeatures, text: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
+        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows)."""
         p = self.preset
-        prior = vision.crop_cls if p.prior_from_crop else vision.image_cls
-        prior = prior @ text.T  # (Q,) or (n_windows, Q)
-        feats = vision.features
-        beta = p.beta if self.presence_prior else 0.0
-        if self.text_adjustment and p.alpha > 0:
-            leaders = cluster_leaders(prior, clusters)
-            adjusted = adjust_text(text, feats, leaders, p.alpha)
-        else:
-            adjusted = text.expand(feats.shape[0], -1, -1)
-        sims = object_similarity(feats, adjusted, prior, beta)  # (B, N, Q)
-        n_win, _, q = sims.shape
-        gh, gw = vision.grid
-        patch_logits = sims.permute(0, 2, 1).reshape(n_win, q, gh, gw)
-        if self.probe is not None:
-            self.probe.put(prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits)
-        h, w = vision.resized
-        merged = merge_windows(patch_logits, vision.windows, vision.padded)
-        return merged if vision.padded == (h, w) else merged[:, :h, :w].contiguous()
-
-
-def _float_tokens(tokens):
-    tokens.x = tokens.x.float()
-    return tokens
-
-
-def _pil_square_resize(u8: torch.Tensor, side: int) -> torch.Tensor:
-    """PIL bicubic resize of ``(B, 3, h, w)`` uint8 crops to ``side x side`` (reference quirk)."""
-    from PIL import Image
-
-    out = []
-    for img in u8.cpu():
-        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
-        out.append(torch.from_numpy(np.array(pil.resize((side, side), Image.BICUBIC))).permute(2, 0, 1))
-    return torch.stack(out).to(u8.device)
+        return merged_logits(
+            vision, text, clusters, beta=p.beta if self.presence_prior else 0.0,
+            alpha=p.alpha if self.text_adjustment else 0.0, prior_from_crop=p.prior_from_crop, probe=self.probe,
+        )
