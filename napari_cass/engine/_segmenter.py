@@ -19,6 +19,7 @@ from ._logits import VisionFeatures, merged_logits
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
 from ._presence import TextEncoder, cluster_queries
 from ._presets import DEFAULT_PRESET, Preset, get_preset
+from ._precision import cpu_autocast
 from ._probe import EngineProbe
 from ._prompts import ClassPrompt, ClassesLike, normalize_classes
 from ._progress import CancelCallback, ProgressCallback, Reporter, StageTimer
@@ -61,7 +62,9 @@ class Segmenter:
     cache_size : int
         Images whose vision side is kept.
     amp : bool
-        Autocast the encoders to float16/bfloat16 on CUDA.
+        Autocast the encoders to float16/bfloat16 on CUDA; on the CPU, bfloat16 for each
+        encoder that a one-time probe measures faster (``NAPARI_CASS_PRECISION=fp32``
+        forces float32). False: float32 everywhere.
     **options
         Ablations: ``vfm_graph``, ``matching``, ``low_rank``, ``eigenscaling``,
         ``adaptive_rank``, ``pairing`` (see :class:`CassOptions`),
@@ -318,10 +321,16 @@ class Segmenter:
         n = len(window_coords(h, w, self.preset.crop, self.preset.stride))
         return -(-n // self.batch_size) + 1
 
-    def _autocast(self):
+    def _autocast(self, encoder: str = "clip"):
+        """Mixed precision of one encoder ("clip" or "vfm"); float32 under reference_quirks."""
         if self.amp and self.device.type == "cuda" and not self.reference_quirks:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
+        if self.amp and self.device.type == "cpu" and not self.reference_quirks:
+            # bfloat16 only for an encoder a one-time probe measures faster (_precision.py)
+            if encoder == "vfm":
+                return cpu_autocast("vfm", lambda x: self._vfm.last_keys(x), self.vfm_model, self.batch_size)
+            return cpu_autocast("clip", lambda x: self._clip.tokens_before_last(x), self.clip_model, self.batch_size)
         return nullcontext()
 
     def _normalise_clip(self, img: torch.Tensor) -> torch.Tensor:
@@ -368,7 +377,7 @@ class Segmenter:
             inputs = MethodInputs(tokens=tokens, omega=self._omega_for(tokens.grid))
             inputs.probe = self.probe
             if self._vfm is not None and (self.method == "proxyclip" or (self.method == "cass" and self.options.vfm_graph)):
-                with timer("vfm_encoder"), self._autocast():
+                with timer("vfm_encoder"), self._autocast("vfm"):
                     vfm_in = self._vfm_input(crop_px, crops)
                     if self.method == "proxyclip":
                         vt, inputs.vfm_grid = self._vfm.final_patch_tokens(vfm_in)
