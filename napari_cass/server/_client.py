@@ -1,6 +1,6 @@
 """``RemoteSegmenter``: the engine's ``segment`` API, computed by a ``napari-cass serve`` server.
 
-Qt-free and torch-free at call time: it sends the image's SHA-256 first and the pixels
+Qt-free, no model and no GPU on this side: it sends the image's SHA-256 first and the pixels
 only when the server asks for them, so a prompt edit costs one small JSON request.
 """
 
@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 import zlib
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -89,7 +89,6 @@ class RemoteSegmenter:
                 raise ValueError(f"Certificate file {ca_file} does not exist.")
             context = ssl.create_default_context(cafile=str(Path(ca_file).expanduser()))
         self._transport = make_transport(backend, connect_timeout, context)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="napari-cass-remote")
         self._info: dict | None = None
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "uploads": 0, "bytes_sent": 0}
@@ -130,7 +129,6 @@ class RemoteSegmenter:
         """Nothing to clear locally: the server's caches are shared by its clients."""
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._transport.close()
 
     def __enter__(self) -> RemoteSegmenter:
@@ -277,13 +275,13 @@ class RemoteSegmenter:
                 f"Cannot reach the napari-cass server at {self.url} ({exc}). {hint}", 0, "unreachable") from None
 
     def _cancellable(self, method, path, body, headers, timeout, cancel, progress, job_id):
-        """Run one request in the pool; poll ``cancel`` (and the job's progress) meanwhile.
+        """Run one request in a helper thread; poll ``cancel`` (and the job's progress) meanwhile.
 
-        ``progress`` is always called from the calling thread, never from the pool.
+        ``progress`` is always called from the calling thread, never from a helper.
         """
         from ..engine import SegmentationCancelled
 
-        fut = self._pool.submit(self._request, method, path, body, headers, timeout)
+        fut = _spawn(self._request, method, path, body, headers, timeout)
         poll, next_poll = None, time.perf_counter() + 0.5
         while True:
             try:
@@ -292,7 +290,7 @@ class RemoteSegmenter:
                 pass
             if cancel is not None and cancel():
                 if job_id is not None:
-                    self._pool.submit(self._quiet, "DELETE", f"{API_PREFIX}/jobs/{job_id}")
+                    _spawn(self._quiet, "DELETE", f"{API_PREFIX}/jobs/{job_id}")
                 raise SegmentationCancelled("Segmentation cancelled.")
             if progress is None or job_id is None:
                 continue
@@ -301,7 +299,7 @@ class RemoteSegmenter:
                 poll = None
             if poll is None and time.perf_counter() >= next_poll:
                 next_poll = time.perf_counter() + 0.5
-                poll = self._pool.submit(self._quiet, "GET", f"{API_PREFIX}/jobs/{job_id}")
+                poll = _spawn(self._quiet, "GET", f"{API_PREFIX}/jobs/{job_id}")
 
     def _quiet(self, method: str, path: str):
         try:
@@ -333,6 +331,21 @@ class RemoteSegmenter:
             message += " (check the token or --token-file given to the client)"
         raise RemoteSegmenterError(f"The napari-cass server at {self.url} refused the request "
                                    f"(HTTP {status}): {message}", status, code)
+
+
+def _spawn(fn, *args) -> Future:
+    """Run ``fn(*args)`` in a daemon thread: a request still waiting for its timeout never
+    keeps the application from exiting (a thread pool's workers would be joined at exit)."""
+    fut: Future = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # delivered to the waiting caller
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="napari-cass-remote", daemon=True).start()
+    return fut
 
 
 def _report(answer, progress) -> None:

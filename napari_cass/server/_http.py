@@ -35,7 +35,11 @@ class Transport:
 
 
 class _HttpxTransport(Transport):
-    """httpx with one pooled client per thread (keep-alive; no client shared across threads)."""
+    """httpx with keep-alive: idle clients are lent to one request at a time, then returned.
+
+    No client is used by two threads at once, and no more clients exist than requests
+    ever ran concurrently.
+    """
 
     def __init__(self, connect_timeout: float, ssl_context: ssl.SSLContext | None):
         import httpx
@@ -43,33 +47,41 @@ class _HttpxTransport(Transport):
         self._httpx = httpx
         self._connect = connect_timeout
         self._verify = ssl_context if ssl_context is not None else True
-        self._local = threading.local()
-        self._clients: list = []
+        self._idle: list = []
+        self._all: list = []
         self._lock = threading.Lock()
 
-    def _client(self):
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._httpx.Client(trust_env=False, verify=self._verify)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
+    def _borrow(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        client = self._httpx.Client(trust_env=False, verify=self._verify)
+        with self._lock:
+            self._all.append(client)
         return client
 
     def request(self, method, url, body, headers, timeout):
         httpx = self._httpx
         t = httpx.Timeout(timeout, connect=min(self._connect, timeout))
+        client = self._borrow()
         try:
-            r = self._client().request(method, url, content=body, headers=headers, timeout=t)
+            r = client.request(method, url, content=body, headers=headers, timeout=t)
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(f"no answer within {timeout:g} s ({type(exc).__name__})", True) from None
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            with self._lock:
+                closed = client not in self._all  # close() ran meanwhile
+                if not closed:
+                    self._idle.append(client)
+            if closed:
+                client.close()
         return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, []
+            clients, self._all, self._idle = self._all, [], []
         for c in clients:
             c.close()
 
