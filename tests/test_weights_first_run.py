@@ -126,3 +126,29 @@ def test_probe_timeout_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("NAPARI_CASS_HUB_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="NAPARI_CASS_HUB_TIMEOUT must be a number of seconds, got 'soon'"):
         W.probe_hub()
+
+
+def test_first_run_as_a_user_runs_it(tmp_path: Path, closed_hub: str) -> None:
+    """The command in a fresh process: exit code 2, one message on stderr, no retry warnings."""
+    import os
+    import subprocess
+    import sys
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 56, 3), 128, dtype=np.uint8)).save(image)
+    env_vars = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env_vars.update(NAPARI_CASS_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"),
+                    HF_ENDPOINT=closed_hub, OMP_NUM_THREADS="1")
+    program = ("import sys, time; from napari_cass.cli import main; start = time.perf_counter(); "
+               "code = main(sys.argv[1:]); print(f'ELAPSED {time.perf_counter() - start:.3f}', file=sys.stderr); "
+               "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", program, "segment", str(image), "--classes", "cat, dog",
+                           "--out", str(tmp_path / "out")], env=env_vars, capture_output=True, text=True,
+                          timeout=300)
+    *message, elapsed = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert float(elapsed.split()[1]) < TIME_BOUND_S  # the run, imports of torch & co included
+    _assert_names_every_default_model("\n".join(message), tmp_path / "cache")
+    assert message[0].startswith("napari-cass: error: Model weights are missing for ViT-B-16 (CLIP), dino_vitb8")
+    assert len(message) <= 14 and not any("WARNING" in line or "Retry" in line for line in message)
+    assert not (tmp_path / "out").exists()
