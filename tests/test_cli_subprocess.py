@@ -1,4 +1,4 @@
-"""The CLI as a separate process: Ctrl-C, kill -9, and a closed output pipe.
+"""The CLI as a separate process: Ctrl-C, kill, kill -9, and a closed output pipe.
 
 The child runs the real ``napari_cass.cli.main`` with the tiny random models in place of
 the real ones (set in the child by the driver below, as ``tests/test_cli.py`` does in
@@ -97,7 +97,8 @@ def tiny_in_process(monkeypatch: pytest.MonkeyPatch) -> list:
     return built
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["ctrl-c", "kill", "kill-9"])
 def test_interrupted_run_is_consistent_and_a_rerun_finishes_it(tmp_path, tiny_in_process, capsys,
                                                                sig) -> None:
     _images(tmp_path / "in", 3)
@@ -112,7 +113,7 @@ def test_interrupted_run_is_consistent_and_a_rerun_finishes_it(tmp_path, tiny_in
     assert [c["name"] for c in read_classes_json(out / "classes.json")["classes"]] == [
         "background", "cat", "dog"]
     leftovers = [p.name for p in out.iterdir() if ".tmp" in p.name]
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run like Ctrl-C
         assert proc.returncode == 130
         assert "interrupted: 2 of 3 image(s) are done" in err and "Traceback" not in err
         assert leftovers == []  # atomic_write removed its own temporary file

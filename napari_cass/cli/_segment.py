@@ -11,8 +11,11 @@ class lists). Only then do the models load. The folder logic is
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,10 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     seg.add_argument("--overwrite", action="store_true",
                      help="redo finished images, and replace results made with other classes")
     seg.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
+    seg.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help='spread the images over a Ray cluster (needs "napari-cass[cluster]"): alone, '
+                          "Ray's default ($RAY_ADDRESS, a cluster `ray start` made here, else a new "
+                          "local one); 'auto' a running cluster; or its address")
     try:
         from ..server._cli import add_remote_arguments
     except ImportError:  # the server package is optional in development trees
@@ -118,6 +125,19 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
             "random_weights": bool(args.random_weights)}
 
 
+def run_description(args: argparse.Namespace, segmenter: Any) -> dict[str, Any]:
+    """What ``classes.json`` records about the models that made the masks (after they load)."""
+    from .. import __version__
+
+    return {
+        "method": segmenter.method,
+        "preset": getattr(segmenter.preset, "name", str(segmenter.preset)),
+        "models": dict(getattr(segmenter, "model_names", {}) or {}),
+        "random_weights": bool(args.random_weights),
+        "napari_cass_version": __version__,
+    }
+
+
 def _class_prompts(args: argparse.Namespace) -> list[Any]:
     """The classes in engine order, background first if any; every check done here."""
     from ..engine import load_class_file, normalize_classes
@@ -139,6 +159,27 @@ def _class_prompts(args: argparse.Namespace) -> list[Any]:
                                         "--background was given too")) from None
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's time limit) stops the run like Ctrl-C.
+
+    The image being written is then abandoned cleanly (its temporary file removed) and
+    the exit code is 130. Only in the main thread, where Python can take signals.
+    """
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, AttributeError, OSError):  # not the main thread, or no SIGTERM
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _say(message: str) -> None:
     print(f"napari-cass: {message}", file=sys.stderr)
 
@@ -150,6 +191,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # 1. Everything that can be checked without the models, before loading them.
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1.")
+    if getattr(args, "ray", None) is not None:
+        from ..cluster import require_ray
+
+        require_ray(args)
     try:
         max_pixels = max_pixels_limit(args.max_pixels)
     except ValueError as exc:
@@ -178,7 +223,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             return 0
         if decision.done:
             _say(f"resuming: {len(decision.done)} of {len(plan.images)} image(s) are already done in {out}.")
-        return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels)
+        with _terminate_as_interrupt():
+            return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels)
     finally:
         lock.release()
         if created and not plan.classes_path.exists():  # failed before writing anything
@@ -192,21 +238,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels) -> int:
     from tqdm.auto import tqdm
 
-    from .. import __version__
     from ..io import read_image, start_run, write_image_outputs
 
     # 2. The models, then the class table before the first mask.
     if args.random_weights and not getattr(args, "server", None):
         _say("warning: --random-weights: models have random weights; the masks are meaningless "
              "(use this only to test the pipeline).")
+    if getattr(args, "ray", None) is not None:  # the same run, its images spread over a Ray cluster
+        from ..cluster import segment_on_ray
+
+        return segment_on_ray(args, plan, decision, todo, classes, prompts, settings, max_pixels)
     segmenter = build_segmenter(args)
-    start_run(plan, classes, settings, decision, extra={
-        "method": segmenter.method,
-        "preset": getattr(segmenter.preset, "name", str(segmenter.preset)),
-        "models": dict(getattr(segmenter, "model_names", {}) or {}),
-        "random_weights": bool(args.random_weights),
-        "napari_cass_version": __version__,
-    })
+    start_run(plan, classes, settings, decision, extra=run_description(args, segmenter))
 
     failures: list[tuple[Path, str]] = []
     written = 0
