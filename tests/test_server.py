@@ -280,6 +280,20 @@ def _post(url: str, key: str, classes: str, job_id: str, timeout: float = 60.0) 
                       headers={"Content-Type": "application/json"})
 
 
+def test_per_request_method_and_preset_then_back_to_the_server_defaults(served, local):
+    server, seg = served
+    image = images(1, 14)[0]
+    with RemoteSegmenter(server.url) as remote:
+        remote.set_method("clip")
+        remote.set_preset("voc21")
+        other = remote.segment(image, "cat, dog")
+    assert seg.method == "clip" and seg.preset.name == "voc21"  # what the last job asked for
+    with RemoteSegmenter(server.url) as remote:  # no method/preset: the server's own, customised one
+        assert_same(remote.segment(image, "cat, dog"), local.segment(image, "cat, dog"))
+    assert seg.method == "cass" and seg.preset == local.preset
+    assert other.labels.shape == image.shape[:2]
+
+
 def test_loopback_server_without_token_checks_the_host_header(served):
     server, _ = served
     assert httpx.get(server.url + "/health").status_code == 200

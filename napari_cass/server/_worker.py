@@ -70,8 +70,8 @@ class EngineWorker:
         self._thread: threading.Thread | None = None
         self._durations: list[float] = []
         self.default_method = getattr(segmenter, "method", None)
-        preset = getattr(segmenter, "preset", None)
-        self.default_preset = getattr(preset, "name", preset)
+        self._preset = getattr(segmenter, "preset", None)  # restored after a job that changed it
+        self.default_preset = getattr(self._preset, "name", self._preset)
         self.served = 0
         self.failed = 0
 
@@ -166,10 +166,12 @@ class EngineWorker:
         method = job.method or self.default_method
         if method and getattr(seg, "method", method) != method:
             seg.set_method(method)
-        preset = job.preset or self.default_preset
-        current = getattr(getattr(seg, "preset", None), "name", None)
-        if preset and current is not None and current != preset:
-            seg.set_preset(preset)
+        current = getattr(seg, "preset", None)
+        if job.preset is not None:
+            if getattr(current, "name", current) != job.preset:
+                seg.set_preset(job.preset)
+        elif self._preset is not None and current is not self._preset:
+            seg.set_preset(self._preset)  # the very object it was built with (may be customised)
 
 
 class ImageStore:
