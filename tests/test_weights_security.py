@@ -315,3 +315,29 @@ def test_no_code_in_the_package_loads_files_unsafely() -> None:
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     problems.append(f"{where} torch.load without weights_only=True")
     assert problems == []
+
+
+def test_restricted_reader_sets_state_only_on_inert_objects(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data.pkl that BUILDs a tensor (Tensor.__setstate__ would re-point its storage) is refused."""
+    benign = tmp_path / "benign.pt"
+    script(torch.nn.Linear(3, 2)).save(str(benign))
+    with zipfile.ZipFile(benign) as source:
+        names = source.namelist()
+        prefix = next(n for n in names if n.endswith("/data.pkl"))[: -len("data.pkl")]
+        original = source.read(f"{prefix}data.pkl")
+    # GLOBAL _rebuild_tensor_v2, args (storage 0, offset 0, size (1,), stride (1,), False, {}),
+    # REDUCE -> a tensor; then EMPTY_TUPLE BUILD on it.
+    crafted_pickle = (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"
+        b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
+        b"K\x00K\x01\x85K\x01\x85\x89}tR)b."
+    )
+    assert original != crafted_pickle
+    crafted = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(benign) as source, zipfile.ZipFile(crafted, "w") as target:
+        for item in source.infolist():
+            target.writestr(item, crafted_pickle if item.filename.endswith("/data.pkl") else source.read(item))
+    monkeypatch.setitem(W.OPENAI_CLIP_SHA256, _sha256(crafted), "tiny_vfm")
+    with pytest.raises(ValueError, match="it sets the state of a Tensor"):
+        W.load_state_dict_file(crafted)

@@ -153,6 +153,15 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: see below
         self._classes: dict[str, type] = {}
         self.types: set[str] = set()
 
+    def _load_build(self) -> None:
+        """``BUILD`` only on the inert stand-ins (never a tensor's own ``__setstate__``)."""
+        if not isinstance(self.stack[-2], _ScriptObject):
+            raise pickle.UnpicklingError(f"it sets the state of a {type(self.stack[-2]).__name__}")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BUILD[0]] = _load_build
+
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
             qualified = f"{module}.{name}"
