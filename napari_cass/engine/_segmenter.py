@@ -151,9 +151,13 @@ class Segmenter:
         raises :class:`~napari_cass.engine.WeightsNotFoundError` naming the files
         expected and where to put them. ``"random"`` weights are for tests only.
         """
-        from ._weights import build_clip, build_vfm
+        from ._weights import build_clip, build_vfm, ensure_weights
 
         dev = resolve_device(device)
+        # Every model looked up locally before any download: one error names all missing weights.
+        ensure_weights([("clip", clip, clip_weights)]
+                       + ([("vfm", vfm, vfm_weights)] if method in NEEDS_VFM else []),
+                       progress=progress, offline=offline)
         clip_model, tokenizer = build_clip(clip, clip_weights, progress=progress, offline=offline)
         vfm_model = None
         if method in NEEDS_VFM:
