@@ -367,3 +367,24 @@ def test_serve_command_starts_serves_and_stops(tmp_path):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"listening on http://127.0.0.1:{port}" in err and "token: read from" in err
+
+
+def test_one_queue_feeds_several_engines(tiny_model_set, local):
+    """``--device cuda:0,cuda:1``: one engine per device (here two on the CPU), one queue."""
+    from napari_cass.server._cli import replicate
+
+    first = tiny_segmenter(tiny_model_set)
+    gate = threading.Event()
+    a, b = Wrapped(first, gate=gate), Wrapped(replicate(first, "cpu"))
+    pics = images(2, 15)
+    with BackgroundServer(create_app([a, b])) as server:
+        assert httpx.get(server.url + "/health").json()["engines"] == 2
+        with ThreadPoolExecutor(1) as pool, RemoteSegmenter(server.url) as remote:
+            held = pool.submit(remote.segment, pics[0], "cat, dog")
+            wait_for(a.started.is_set, what="engine A to take the first job")
+            # Engine A is held: the next jobs go to engine B, and equal the local results.
+            for image, classes in ((pics[1], "road, sky"), (pics[0], "tree")):
+                assert_same(remote.segment(image, classes), local.segment(image, classes))
+            assert len(b.calls) == 2 and len(a.calls) == 1
+            gate.set()
+            assert_same(held.result(60), local.segment(pics[0], "cat, dog"))

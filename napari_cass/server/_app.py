@@ -57,8 +57,9 @@ def create_app(
 
     Parameters
     ----------
-    segmenter : Segmenter-like
-        Loaded once; all requests share it through one :class:`EngineWorker`.
+    segmenter : Segmenter-like, or a list of them
+        Loaded once; all requests share it through one :class:`EngineWorker`. A list
+        gives one engine per device (same models on each), fed from one queue.
     token : str, optional
         Bearer token required on every ``/v1`` route. Mandatory unless ``host`` is loopback.
     host : str
@@ -128,7 +129,8 @@ def create_app(
             "models": dict(getattr(seg, "model_names", {}) or {}),
             "method": worker.default_method,
             "preset": worker.default_preset,
-            "device": str(getattr(seg, "device", "unknown")),
+            "device": ", ".join(dict.fromkeys(worker.devices)),
+            "engines": len(worker.engines),
             "queue": {"waiting": worker.queued(), "max": worker.max_queue},
             "auth": token is not None,
         }

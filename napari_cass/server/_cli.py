@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_serve_parser", "add_remote_arguments", "cmd_serve", "remote_segmenter_from_args"]
+__all__ = ["add_serve_parser", "add_remote_arguments", "cmd_serve", "remote_segmenter_from_args", "replicate"]
 
 _SERVE_EPILOG = """\
 examples:
@@ -36,7 +36,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:1, mps, or several: cuda:0,cuda:1 (one engine per GPU, "
+                        "one queue; default: auto)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the bearer token (first line); required on loopback to use a token")
     p.add_argument("--method", default="cass", help="default method (default: cass)")
@@ -103,11 +105,19 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
             raise ValueError(f"{path} does not exist.")
     token, token_line = _server_token(args)  # before loading models: fail fast
     if segmenter is None:
-        segmenter = _load_segmenter(args)
+        devices = [d.strip() for d in args.device.split(",") if d.strip()]
+        if len(set(devices)) != len(devices) or not devices:
+            raise ValueError(f"--device {args.device!r}: name each device once, e.g. cuda:0,cuda:1.")
+        if args.random_weights:
+            print("napari-cass: warning: --random-weights: models have random weights; the masks are "
+                  "meaningless (use this only to test the pipeline).", file=sys.stderr)
+        first = _load_segmenter(args, devices[0])
+        segmenter = [first, *(replicate(first, device, args.cache_images) for device in devices[1:])]
+    engines = segmenter if isinstance(segmenter, list) else [segmenter]
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels))
     app = create_app(segmenter, token=token, host=args.host, limits=limits, max_queue=args.queue_size)
-    print(f"napari-cass serve: {segmenter.method} on {segmenter.device}, "
-          f"models {getattr(segmenter, 'model_names', {})}", file=sys.stderr)
+    print(f"napari-cass serve: {engines[0].method} on {', '.join(str(e.device) for e in engines)}, "
+          f"models {getattr(engines[0], 'model_names', {})}", file=sys.stderr)
     print(f"napari-cass serve: {token_line}", file=sys.stderr)
     scheme = "https" if args.ssl_certfile else "http"
     if scheme == "http" and token is not None:
@@ -121,12 +131,9 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
     return 0
 
 
-def _load_segmenter(args: argparse.Namespace):
+def _load_segmenter(args: argparse.Namespace, device: str):
     from ..engine import Segmenter
 
-    if args.random_weights:
-        print("napari-cass: warning: --random-weights: models have random weights; the masks are "
-              "meaningless (use this only to test the pipeline).", file=sys.stderr)
     kwargs: dict[str, Any] = {"cache_size": args.cache_images}
     if args.threads:
         kwargs["threads"] = args.threads
@@ -137,8 +144,31 @@ def _load_segmenter(args: argparse.Namespace):
         return Segmenter.from_pretrained(
             clip=args.clip, clip_weights="random" if random else "openai",
             vfm=args.vfm, vfm_weights="random" if random else "pretrained",
-            method=args.method, preset=args.preset, device=args.device, **kwargs,
+            method=args.method, preset=args.preset, device=device, **kwargs,
         )
+
+
+def replicate(segmenter: Any, device: str, cache_size: int = 4):
+    """A second engine on ``device`` with copies of ``segmenter``'s models and settings.
+
+    Copies, not a second load: every engine then holds the very same weights (random
+    weights included), so which GPU serves a request never changes its result.
+    """
+    import copy
+    from dataclasses import asdict
+
+    from ..engine import Segmenter
+
+    vfm = segmenter.vfm_model
+    twin = Segmenter.from_models(
+        copy.deepcopy(segmenter.clip_model), segmenter.tokenizer, copy.deepcopy(vfm) if vfm is not None else None,
+        method=segmenter.method, preset=segmenter.preset, device=device,
+        reference_quirks=segmenter.reference_quirks, amp=segmenter.amp, cache_size=cache_size,
+        presence_prior=segmenter.presence_prior, text_adjustment=segmenter.text_adjustment,
+        **asdict(segmenter.options),
+    )
+    twin.model_names = dict(segmenter.model_names)
+    return twin
 
 
 # --------------------------------------------------------------------------- segment --server

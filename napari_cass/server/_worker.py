@@ -1,7 +1,7 @@
-"""One engine behind a bounded FIFO queue, and the store of recently uploaded images.
+"""Engines (one per GPU) behind one bounded FIFO queue, and the store of uploaded images.
 
-The engine runs in a single worker thread, so jobs from several annotators are served
-one after the other, in arrival order, and never share state mid-run. A full queue is
+Each engine runs in its own worker thread and takes one job at a time, so jobs from
+several annotators are served in arrival order and never share an engine mid-run. A full queue is
 refused at once (the caller answers 429); a cancelled job is skipped, or stops at the
 engine's next cancel check.
 """
@@ -48,54 +48,77 @@ class Job:
         self.cancelled.set()
 
 
+class _Engine:
+    """One segmenter, its thread, and the method/preset it was built with."""
+
+    def __init__(self, segmenter: Any, index: int):
+        self.segmenter = segmenter
+        self.index = index
+        self.method = getattr(segmenter, "method", None)
+        self.preset = getattr(segmenter, "preset", None)  # restored after a job that changed it
+        self.thread: threading.Thread | None = None
+        self.running: Job | None = None
+
+
 class EngineWorker:
-    """Run jobs on ``segmenter`` in one thread, from a queue of at most ``max_queue`` waiting jobs.
+    """Run jobs on one or more segmenters (one per GPU), each in its own thread, from one
+    FIFO queue of at most ``max_queue`` waiting jobs.
 
     Parameters
     ----------
-    segmenter : Segmenter-like
+    segmenters : Segmenter-like or list of them
         Anything with ``segment(image, classes, progress, cancel, background=...)``;
         ``set_method``/``set_preset`` are used when a job asks for another method/preset.
+        Several segmenters must hold the same models (one copy per device).
     max_queue : int
-        Jobs that may wait while one runs.
+        Jobs that may wait while the engines are busy.
     """
 
-    def __init__(self, segmenter: Any, max_queue: int = 32):
-        self.segmenter = segmenter
+    def __init__(self, segmenters: Any, max_queue: int = 32):
+        listed = list(segmenters) if isinstance(segmenters, (list, tuple)) else [segmenters]
+        if not listed:
+            raise ValueError("The server needs at least one segmenter.")
+        self.engines = [_Engine(seg, i) for i, seg in enumerate(listed)]
+        self.segmenter = listed[0]
         self.max_queue = int(max_queue)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.max_queue)
         self._lock = threading.Lock()
         self._waiting: list[Job] = []
-        self.running: Job | None = None
-        self._thread: threading.Thread | None = None
         self._durations: list[float] = []
-        self.default_method = getattr(segmenter, "method", None)
-        self._preset = getattr(segmenter, "preset", None)  # restored after a job that changed it
-        self.default_preset = getattr(self._preset, "name", self._preset)
+        self.default_method = self.engines[0].method
+        self.default_preset = getattr(self.engines[0].preset, "name", self.engines[0].preset)
         self.served = 0
         self.failed = 0
 
+    @property
+    def devices(self) -> list[str]:
+        return [str(getattr(e.segmenter, "device", "unknown")) for e in self.engines]
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="napari-cass-engine", daemon=True)
-            self._thread.start()
+        for engine in self.engines:
+            if engine.thread is None or not engine.thread.is_alive():
+                engine.thread = threading.Thread(target=self._run, args=(engine,), daemon=True,
+                                                 name=f"napari-cass-engine-{engine.index}")
+                engine.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel waiting and running jobs and end the thread."""
+        """Cancel waiting and running jobs and end the threads."""
         with self._lock:
-            for job in [*self._waiting, *([self.running] if self.running else [])]:
+            for job in [*self._waiting, *(e.running for e in self.engines if e.running)]:
                 job.cancel()
-        if self._thread is not None and self._thread.is_alive():
+        alive = [e.thread for e in self.engines if e.thread is not None and e.thread.is_alive()]
+        for _ in alive:
             try:
                 self._queue.put(None, timeout=timeout)
             except queue.Full:
-                pass
-            self._thread.join(timeout)
+                break
+        for thread in alive:
+            thread.join(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return all(e.thread is not None and e.thread.is_alive() for e in self.engines)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, job: Job) -> Job:
@@ -109,10 +132,10 @@ class EngineWorker:
         return job
 
     def position(self, job: Job) -> int:
-        """Jobs ahead of ``job`` (0 when it runs or is next)."""
+        """Jobs waiting ahead of ``job`` (0 when it runs or is next)."""
         with self._lock:
             try:
-                return self._waiting.index(job) + (1 if self.running is not None else 0)
+                return self._waiting.index(job)
             except ValueError:
                 return 0
 
@@ -123,23 +146,23 @@ class EngineWorker:
     def retry_after(self) -> int:
         """Seconds after which a refused client may try again: the queue's expected drain time."""
         typical = float(np.median(self._durations)) if self._durations else 1.0
-        return max(1, int(round(typical * (self.queued() + 1))))
+        return max(1, int(round(typical * (self.queued() + 1) / len(self.engines))))
 
-    def _run(self) -> None:
+    def _run(self, engine: _Engine) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
             with self._lock:
                 self._waiting.remove(job)
-                self.running = job
+                engine.running = job
             try:
-                self._execute(job)
+                self._execute(engine, job)
             finally:
                 with self._lock:
-                    self.running = None
+                    engine.running = None
 
-    def _execute(self, job: Job) -> None:
+    def _execute(self, engine: _Engine, job: Job) -> None:
         from ..engine import SegmentationCancelled
 
         if job.cancelled.is_set():
@@ -148,30 +171,33 @@ class EngineWorker:
         job.started = time.perf_counter()
         job.progress = (0, 0, "started")
         try:
-            self._configure(job)
-            result = self.segmenter.segment(
+            self._configure(engine, job)
+            result = engine.segmenter.segment(
                 job.image, job.classes, progress=job.on_progress, cancel=job.cancelled.is_set,
                 background=job.background,
             )
         except BaseException as exc:  # a crash in one request must not end the worker
-            self.failed += 1
+            with self._lock:
+                self.failed += 1
             job.future.set_exception(exc)
             return
-        self.served += 1
-        self._durations = (self._durations + [time.perf_counter() - job.started])[-20:]
+        with self._lock:
+            self.served += 1
+            self._durations = (self._durations + [time.perf_counter() - job.started])[-20:]
         job.future.set_result(result)
 
-    def _configure(self, job: Job) -> None:
-        seg = self.segmenter
-        method = job.method or self.default_method
+    @staticmethod
+    def _configure(engine: _Engine, job: Job) -> None:
+        seg = engine.segmenter
+        method = job.method or engine.method
         if method and getattr(seg, "method", method) != method:
             seg.set_method(method)
         current = getattr(seg, "preset", None)
         if job.preset is not None:
             if getattr(current, "name", current) != job.preset:
                 seg.set_preset(job.preset)
-        elif self._preset is not None and current is not self._preset:
-            seg.set_preset(self._preset)  # the very object it was built with (may be customised)
+        elif engine.preset is not None and current is not engine.preset:
+            seg.set_preset(engine.preset)  # the very object it was built with (may be customised)
 
 
 class ImageStore:
