@@ -87,6 +87,9 @@ def test_colliding_and_unicode_names_get_distinct_outputs(tmp_path, models, caps
     assert f"{sources['x_overlay_2']} is written as x_overlay_2.png" in err
     assert f"{sources['a_2']} is written as a_2.png" in err
     assert len(models.segmented) == len(names)
+    assert cli.main(["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out)]) == 0
+    captured = capsys.readouterr()  # a re-run finds every name on record: no notes, nothing to do
+    assert "already segmented" in captured.out and "is written as" not in captured.err
 
 
 @pytest.mark.parametrize("kind", ["under a file", "unwritable"])

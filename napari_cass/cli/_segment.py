@@ -204,10 +204,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     mask_suffix = ".png" if len(classes.names) <= 256 else ".tif"
     out: Path = args.out.expanduser()
     plan = plan_outputs(args.inputs, out, recursive=args.recursive, mask_suffix=mask_suffix)
-    for item in plan.renamed()[:10]:
+    renamed = [item for item in plan.renamed()  # said once: not again when a run resumes
+               if plan.previous_names.get(str(item.source)) != item.name]
+    for item in renamed[:10]:
         _say(f"note: {item.source} is written as {item.mask.name} (another image has its name).")
-    if len(plan.renamed()) > 10:
-        _say(f"note: {len(plan.renamed()) - 10} more images renamed; classes.json lists every source.")
+    if len(renamed) > 10:
+        _say(f"note: {len(renamed) - 10} more images renamed; classes.json lists every source.")
     settings = run_settings(args)
     created = not out.exists()
     lock = RunLock(out).acquire()
