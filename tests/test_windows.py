@@ -41,3 +41,22 @@ def test_banded_resize_equals_interpolate(shape, out):
     assert torch.allclose(full, ref, atol=1e-5)
     band = resize_rows_band(x, tuple(t[2:5] for t in rows), cols)
     assert torch.allclose(band, ref[:, 2:5], atol=1e-5)
+
+
+def test_merge_windows_averages_overlaps_on_the_canvas():
+    from napari_cass.engine._windows import merge_windows
+
+    gen = torch.Generator().manual_seed(0)
+    wins = window_coords(20, 30, 16, 8)  # 2 x 3 windows of 16 x 16, overlapping
+    logits = torch.rand(len(wins), 2, 4, 4, generator=gen)
+    out = merge_windows(logits, wins, (20, 30))
+    total = torch.zeros(2, 20, 30, dtype=torch.float64)
+    count = torch.zeros(20, 30, dtype=torch.float64)
+    for (y1, y2, x1, x2), lg in zip(wins, logits):
+        total[:, y1:y2, x1:x2] += F.interpolate(lg[None].double(), size=(16, 16), mode="bilinear")[0]
+        count[y1:y2, x1:x2] += 1
+    assert count.min() >= 1 and count.max() == 6  # columns 14-16 are in all six windows
+    # float32 sums of <= 6 values in [0, 1], then a division: a few ulps of 6
+    assert torch.allclose(out.double(), total / count, atol=8 * 6 * 2.0**-24, rtol=0)
+    whole = merge_windows(logits[:1], [(0, 20, 0, 30)], (20, 30))
+    assert torch.equal(whole, F.interpolate(logits[:1], size=(20, 30), mode="bilinear")[0])
