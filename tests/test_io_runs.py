@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +22,7 @@ from napari_cass.io import (
     class_words,
     clean_temp_files,
     image_done,
+    image_state,
     parse_pixel_count,
     plan_outputs,
     read_image,
@@ -171,6 +173,7 @@ def test_run_folder_decisions(tmp_path: Path) -> None:
                                  mask_classes=[SimpleNamespace(name=n) for n in classes.names])
         write_image_outputs(item, np.zeros((10, 12, 3), np.uint8), result, classes)
     assert image_done(item) and not image_done(plan.images[1])
+    assert [image_state(i) for i in plan.images] == ["done", "missing"]
     np.testing.assert_array_equal(read_label_image(item.mask), labels + 1)
     assert check_output_folder(plan, classes, settings).done == {"i0"}
     assert check_output_folder(plan, classes, settings, overwrite=True).done == set()
@@ -182,6 +185,16 @@ def test_run_folder_decisions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not the run's classes"):
         write_image_outputs(plan.images[1], np.zeros((11, 12, 3), np.uint8), wrong, classes)
     assert not plan.images[1].mask.exists()
+    plan.images[1].mask.write_bytes(b"mask written, overlay not yet")
+    assert image_state(plan.images[1]) == "partial"  # a run stopped in between: redone
+    plan.images[1].mask.unlink()
+    # The image changed after its result was written: the result may hold corrections.
+    stamp = item.mask.stat().st_mtime_ns
+    os.utime(item.source, ns=(stamp + 10**9, stamp + 10**9))
+    assert image_state(item) == "stale"
+    with pytest.raises(OutputConflictError, match=r"do not match their image any more.*i0.png"):
+        check_output_folder(plan, classes, settings)
+    assert check_output_folder(plan, classes, settings, overwrite=True).done == set()
     (plan.out_dir / ".i1.abcd1234.tmp.png").write_bytes(b"")
     (plan.out_dir / ".keep-me").write_bytes(b"")
     assert [p.name for p in clean_temp_files(plan.out_dir)] == [".i1.abcd1234.tmp.png"]

@@ -42,7 +42,8 @@ of classes.json, 0 = background) and <out>/<name>_overlay.png (quick look) per i
 Names keep the images' letters; two images that would share a name get _2, _3...
 
 Run the same command again after an interruption: finished images are skipped. A folder
-made with other classes or settings is refused (--overwrite replaces its results).
+made with other classes or settings, or results older than their image, are refused
+(--overwrite replaces them).
 Images above --max-pixels (default 100 megapixels, or $NAPARI_CASS_MAX_PIXELS) are
 refused before decoding.
 """

@@ -36,6 +36,7 @@ from ._run_folder import (
     check_output_folder,
     clean_temp_files,
     image_done,
+    image_state,
     start_run,
     write_image_outputs,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "export_dataset_item",
     "image_done",
     "image_size",
+    "image_state",
     "label_palette",
     "labels_to_coco",
     "list_images",

@@ -57,6 +57,7 @@ __all__ = [
     "check_output_folder",
     "clean_temp_files",
     "image_done",
+    "image_state",
     "start_run",
     "write_image_outputs",
 ]
@@ -148,22 +149,33 @@ def _listing(paths: Sequence[Path], limit: int = 5) -> str:
     return shown + (f" (and {len(paths) - limit} more)" if len(paths) > limit else "")
 
 
-def image_done(item: PlannedImage) -> bool:
-    """True when ``item``'s mask and overlay exist, are not older than the image and have its size.
+def image_state(item: PlannedImage) -> str:
+    """Where ``item``'s outputs stand: ``"done"``, ``"missing"``, ``"partial"`` or ``"stale"``.
 
     Call it only where ``classes.json`` matches the run (:func:`check_output_folder`):
-    the files are then known to hold these classes. Files appear whole (atomic writes),
-    so existence means complete; the header-only size check catches a mask of another
-    image, the time check an image changed since.
+    the files are then known to hold these classes. Files appear whole (atomic writes), so
+    existence means complete. ``"partial"``: only one of mask and overlay exists (a run
+    stopped between the two: redo it). ``"stale"``: both exist but the mask does not have
+    the image's size (header-only check) or is older than the image (the image changed
+    since): it may hold someone's corrections, so only ``overwrite`` replaces it.
     """
+    has_mask, has_overlay = item.mask.is_file(), item.overlay.is_file()
+    if not (has_mask or has_overlay):
+        return "missing"
+    if not (has_mask and has_overlay):
+        return "partial"
     try:
-        mask_stat, overlay_stat = item.mask.stat(), item.overlay.stat()
-        source_mtime = item.source.stat().st_mtime_ns
-        if min(mask_stat.st_mtime_ns, overlay_stat.st_mtime_ns) < source_mtime:
-            return False
-        return image_size(item.mask) == image_size(item.source)
+        written = min(item.mask.stat().st_mtime_ns, item.overlay.stat().st_mtime_ns)
+        if written < item.source.stat().st_mtime_ns:
+            return "stale"
+        return "done" if image_size(item.mask) == image_size(item.source) else "stale"
     except (OSError, ValueError):
-        return False
+        return "stale"
+
+
+def image_done(item: PlannedImage) -> bool:
+    """True when ``item``'s mask and overlay are complete and current (:func:`image_state`)."""
+    return image_state(item) == "done"
 
 
 def check_output_folder(plan: OutputPlan, classes: RunClasses, settings: Mapping[str, Any],
@@ -173,7 +185,8 @@ def check_output_folder(plan: OutputPlan, classes: RunClasses, settings: Mapping
     - No ``classes.json``: a fresh folder; planned outputs that exist already (files
       napari-cass cannot vouch for) are refused unless ``overwrite``.
     - ``classes.json`` with the same classes and settings: resume (finished images are
-      skipped), or redo everything with ``overwrite``.
+      skipped; results older than their image, or of another size, are refused), or redo
+      everything with ``overwrite``.
     - ``classes.json`` with other classes or settings: refused unless ``overwrite``; with
       it, refused too if masks not in this run would be left beside the new table, else
       the planned outputs that exist are marked for removal.
@@ -204,7 +217,16 @@ def check_output_folder(plan: OutputPlan, classes: RunClasses, settings: Mapping
     if not changed:
         if overwrite:
             return FolderDecision(resumed=True)
-        done = {item.name for item in plan.images if image_done(item)}
+        states = {item.name: image_state(item) for item in plan.images}
+        stale = [item.mask for item in plan.images if states[item.name] == "stale"]
+        if stale:
+            raise OutputConflictError(
+                f"{len(stale)} result(s) in {plan.out_dir} do not match their image any more (the "
+                f"image is newer, or of another size): {_listing(stale)}. They may hold corrections, "
+                "so they are kept: use --overwrite (overwrite=True) to segment those images again, "
+                "or move the results away."
+            )
+        done = {name for name, state in states.items() if state == "done"}
         return FolderDecision(done=done, resumed=True)
     what = "; ".join(changed)
     if not overwrite:
