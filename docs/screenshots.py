@@ -17,8 +17,9 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,21 +74,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Import torch's stack (open_clip -> torchvision -> torch._dynamo -> triton) BEFORE
     # napari creates its OpenGL context: under Mesa's llvmpipe (Xvfb) triton's bundled
     # LLVM loaded after the GL driver crashes the process.
+    import napari
     import open_clip  # noqa: F401
     import timm  # noqa: F401
-
-    import napari
+    from qtpy.QtWidgets import QApplication, QMainWindow
 
     from napari_cass._sample_data import astronaut
-    from napari_cass._widget import CassWidget
 
     args.out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True, title="napari-cass")
-    viewer.window._qt_window.resize(1600, 1000)
     (data, kwargs, _), = astronaut()
     viewer.add_image(data, **kwargs)
-    widget = CassWidget(viewer, segmenter_factory=_factory(args.tiny))
-    viewer.window.add_dock_widget(widget, area="right", name="CASS segmentation")
+    # The way users open it: Plugins > CASS segmentation (napari hands it a proxy viewer).
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-cass", "CASS segmentation")
+    widget.segmenter_factory = _factory(args.tiny)
+    window = next(w for w in QApplication.topLevelWidgets()
+                  if isinstance(w, QMainWindow) and w.isAncestorOf(widget))
+    window.showNormal()
+    window.resize(1366, 768)  # a laptop screen: every section must stay reachable
     widget.device_combo.setCurrentText("cpu")
     widget.method_combo.setCurrentText("cass")
     widget.preset_combo.setCurrentText("interactive")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["first_run_engine"] = {k: round(v, 2) for k, v in widget.last_run["timings"].items()}
 
     # Same image again with the models built: the "one segmentation" number.
-    widget._segmenter.clear_cache()
+    widget.segmenter.clear_cache()
     widget.replace_all_check.setChecked(True)
     widget.segment()
     timings["segment_s"] = round(_wait(widget), 2)
@@ -118,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Correction: re-segment inside a box only, keeping the edits elsewhere.
     labels = viewer.layers["astronaut labels"]
-    labels.data[380:470, 40:200] = 2  # a manual "flag" correction (what the brush does)
-    labels.refresh()
+    labels.brush_size = 40
+    for x in range(60, 200, 20):  # a manual "flag" correction with the brush
+        labels.paint((425, x), 2)
     viewer.add_shapes([np.array([[40, 150], [40, 380], [300, 380], [300, 150]])],
                       shape_type="rectangle", name="region", edge_color="yellow",
                       face_color="transparent", edge_width=4)
@@ -132,9 +137,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _wait(widget, 5)
     viewer.screenshot(str(args.out / "correct_region.png"), canvas_only=False)
 
-    (args.out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    # The lower part of the dock (Export, Batch), scrolled into view.
+    for section in widget.sections.values():
+        section.expand(animate=False)
+    _wait(widget, 5)
+    widget.scroll.ensureWidgetVisible(widget.batch_panel.next_btn)
+    _wait(widget, 5)
+    viewer.screenshot(str(args.out / "dock_scrolled.png"), canvas_only=False)
+
+    if not args.tiny:  # timings of the tiny models mean nothing
+        (args.out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print(json.dumps(timings, indent=2))
-    widget.cleanup()
     viewer.close()
     return timings
 

@@ -9,7 +9,8 @@ dock or the viewer closes; :meth:`BatchSession.save_if_changed` makes that cheap
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -41,31 +42,47 @@ class BatchController:
         self._is_running = is_running
         self._say = say
         self.session: BatchSession | None = None
-        self._image_uid: Hashable | None = None
-        self._labels_uid: Hashable | None = None
+        # The two layers batch mode reuses (held, so a save still works while napari
+        # removes them, e.g. Viewer.close() clears the layer list before the window closes).
+        self._image: Any = None
+        self._labels: Any = None
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(lambda: self.save(quiet=True))
 
     # ---------------------------------------------------------- layers
-    def _by_uid(self, uid: Hashable | None) -> Any:
-        if uid is None:
+    def _in_viewer(self, layer: Any) -> Any:
+        if layer is None:
             return None
+        uid = layer.unique_id
         return next((ly for ly in self.viewer.layers if ly.unique_id == uid), None)
 
     @property
     def image_layer(self) -> Any:
-        return self._by_uid(self._image_uid)
+        return self._in_viewer(self._image)
 
     @property
     def labels_layer(self) -> Any:
-        return self._by_uid(self._labels_uid)
+        return self._in_viewer(self._labels)
 
     def on_paint(self, layer: Any) -> None:
         """A paint event on a layer: restart the auto-save timer if it is the batch mask."""
-        if self.session is not None and layer.unique_id == self._labels_uid:
+        if self.session is not None and self._labels is not None \
+                and layer.unique_id == self._labels.unique_id:
             self._timer.start()
+
+    def layer_removed(self, layer: Any) -> None:
+        """One of the batch layers left the viewer: save first, then forget it."""
+        uid = layer.unique_id
+        mine = [ly for ly in (self._image, self._labels) if ly is not None]
+        if not any(ly.unique_id == uid for ly in mine):
+            return
+        self._save_layers(self._image, self._labels)
+        if self._image is not None and self._image.unique_id == uid:
+            self._image = None
+        if self._labels is not None and self._labels.unique_id == uid:
+            self._labels = None
 
     # ------------------------------------------------------------ open
     def open(self, image_dir: str, output_dir: str) -> bool:
@@ -89,7 +106,6 @@ class BatchController:
 
     def show(self) -> bool:
         """Put the current image (and its saved mask, or a new run) into the layers."""
-        from napari.layers import Image, Labels
 
         session = self.session
         assert session is not None
@@ -108,10 +124,11 @@ class BatchController:
             image.name = stem
             image.reset_contrast_limits()
         else:  # first image, or grey <-> colour (napari cannot switch that in place)
-            if image is not None:
+            if image is not None:  # already saved by step(): forget it before removing
+                self._image = None
                 self.viewer.layers.remove(image)
             image = self.viewer.add_image(data, name=stem, rgb=rgb)
-            self._image_uid = image.unique_id
+            self._image = image
         shape = data.shape[:2]
         classes = self.table.label_classes()
         labels = self.labels_layer
@@ -121,9 +138,10 @@ class BatchController:
             labels.name = labels_name(stem)
         else:
             if labels is not None:
+                self._labels = None
                 self.viewer.layers.remove(labels)
             labels = self.viewer.add_labels(values, name=labels_name(stem), opacity=0.6)
-            self._labels_uid = labels.unique_id
+            self._labels = labels
         self.sync.reset(labels, classes)
         self.sync.decorate(labels, classes, classes.to_meta(image=stem, resumed=mask is not None))
         self._select_image(stem)
@@ -136,9 +154,11 @@ class BatchController:
     # ------------------------------------------------------------ save
     def save(self, quiet: bool = False) -> bool:
         """Save the current mask (only what changed); False, with a message, on failure."""
+        return self._save_layers(self.image_layer, self.labels_layer)
+
+    def _save_layers(self, image: Any, labels: Any) -> bool:
         self._timer.stop()
         session = self.session
-        image, labels = self.image_layer, self.labels_layer
         if session is None or image is None or labels is None:
             return True
         meta = labels.metadata.get(META_KEY)

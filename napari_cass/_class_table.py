@@ -10,8 +10,8 @@ row with the same name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._class_files import read_class_file, write_class_file
 from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
 
 __all__ = ["ClassTable"]
@@ -366,51 +367,13 @@ class ClassTable(QWidget):
     # ------------------------------------------------------------------ files
     def load_file(self, path: str | Path) -> None:
         """Load classes.json (with colours) or any file ``load_class_file`` reads."""
-        from napari_cass.engine import ClassPrompt, load_class_file
-
-        path = Path(path)
-        colors = None
-        if path.suffix.lower() == ".json":
-            try:
-                from napari_cass.io import read_classes_json
-
-                data = read_classes_json(path)
-                entries = sorted(data["classes"], key=lambda c: int(c["id"]))
-                background: list[str] = []
-                if entries and str(entries[0]["name"]).casefold() == BACKGROUND_NAME:
-                    background = [str(w) for w in entries[0].get("synonyms", [])]
-                else:  # a list without a background row: prepend one
-                    entries = [{"name": BACKGROUND_NAME, "color": [0, 0, 0]}, *entries]
-                prompts = [
-                    ClassPrompt.from_words([c["name"], *c.get("synonyms", [])], name=c["name"])
-                    for c in entries[1:]
-                ]
-                colors = np.asarray([c["color"] for c in entries], dtype=np.uint8)
-                self.background_edit.setText(", ".join(background))
-                self.set_classes(prompts, colors)
-                return
-            except (ValueError, KeyError, TypeError):
-                pass  # not our classes.json: fall back to the engine's loader
-        self.background_edit.setText("")
-        self.set_classes(load_class_file(path))
+        prompts, colors, background = read_class_file(path)
+        self.background_edit.setText(", ".join(background))
+        self.set_classes(prompts, colors)
 
     def save_file(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write ``.json`` (napari-cass classes.json) or text (one class per line)."""
-        path = Path(path)
-        lc = self.label_classes()
-        if path.suffix.lower() == ".json":
-            from napari_cass.io import write_classes_json
-
-            return Path(
-                write_classes_json(path, lc.names, lc.colors, lc.synonyms, overwrite=overwrite)
-            )
-        from napari_cass.io import atomic_write
-
-        lines = ["# napari-cass class list: one class per line, synonyms after commas"]
-        lines += [", ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:])]
-        with atomic_write(path, overwrite=overwrite) as tmp:
-            Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        return write_class_file(path, self.label_classes(), overwrite=overwrite)
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -5,8 +5,9 @@ Qt-free helpers shared by the class table, the widget, the writers and batch mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

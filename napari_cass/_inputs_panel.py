@@ -7,7 +7,8 @@ connection (the dock closing).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
 

@@ -6,7 +6,8 @@ plugin) and plain values, so they are easy to test.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,7 +15,8 @@ import inspect
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
@@ -104,7 +105,9 @@ class RunController(QObject):
             except (ValueError, AttributeError):
                 pass  # e.g. a method that needs the VFM the segmenter was built without
         factory = self._get_factory()
-        kwargs: dict[str, Any] = dict(clip=clip, vfm=vfm, method=method, preset=preset, device=device)
+        kwargs: dict[str, Any] = {
+            "clip": clip, "vfm": vfm, "method": method, "preset": preset, "device": device,
+        }
         if _accepts_progress(factory):
             def progress(done: int, total: int, message: str) -> None:
                 if cancel.is_set():
@@ -193,7 +196,7 @@ class RunController(QObject):
         pbar = self._pbar
         if pbar is None or not self._running:
             return  # a late signal from a finished run
-        value = int(round(fraction * 100))
+        value = round(fraction * 100)
         if value < 100:  # before touching the bar: napari's bar may process events (re-entrancy)
             self.progressed.emit(value, message)
         if value > self._pbar_value:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WidgetSettings", "settings_path", "load_settings", "save_settings"]
+__all__ = ["WidgetSettings", "load_settings", "save_settings", "settings_path"]
 
 _FILE_NAME = "widget.json"
 _PREFERENCE_KEYS = ("method", "preset", "clip", "vfm", "device")

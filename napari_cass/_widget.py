@@ -20,30 +20,46 @@ from ._gl_safety import preload_triton
 
 preload_triton()  # before anything imports torch's compiler stack (see _gl_safety)
 
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from qtpy.QtCore import QEvent, QObject  # noqa: E402
-from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget  # noqa: E402
-from superqt import QCollapsible  # noqa: E402
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from superqt import QCollapsible
 
-from ._batch import BatchPanel  # noqa: E402
-from ._batch_controller import BatchController  # noqa: E402
-from ._class_table import ClassTable  # noqa: E402
-from ._classes import META_KEY, LabelClasses  # noqa: E402
-from ._error_panel import ErrorPanel, notify  # noqa: E402
-from ._export_panel import ExportPanel, export_item  # noqa: E402
-from ._inputs_panel import InputsPanel  # noqa: E402
-from ._label_state import region_bbox  # noqa: E402
-from ._label_sync import LabelSync, RunContext, labels_name  # noqa: E402
-from ._layer_inputs import STACK_ALL, STACK_CHOOSE, STACK_CURRENT, WHOLE_IMAGE  # noqa: E402
-from ._layer_inputs import image_slices, region_mask  # noqa: E402
-from ._run_controller import RunController, default_segmenter_factory  # noqa: E402
-from ._run_panel import SHORTCUTS, ModelPanel, RunPanel  # noqa: E402
-from ._settings import WidgetSettings, load_settings, save_settings  # noqa: E402
+from ._batch import BatchPanel
+from ._batch_controller import BatchController
+from ._class_table import ClassTable
+from ._classes import META_KEY, LabelClasses
+from ._error_panel import ErrorPanel, notify
+from ._export_panel import ExportPanel, export_item
+from ._inputs_panel import InputsPanel
+from ._label_state import region_bbox
+from ._label_sync import LabelSync, RunContext, labels_name
+from ._layer_inputs import (
+    STACK_ALL,
+    STACK_CHOOSE,
+    STACK_CURRENT,
+    WHOLE_IMAGE,
+    image_slices,
+    region_mask,
+)
+from ._run_controller import RunController, default_segmenter_factory
+from ._run_panel import SHORTCUTS, ModelPanel, RunPanel
+from ._settings import WidgetSettings, load_settings, save_settings
+from ._shortcuts import Shortcuts
+from ._widget_settings import apply_settings, settings_of
 
-__all__ = ["CassWidget", "SHORTCUTS", "STACK_ALL", "STACK_CHOOSE", "STACK_CURRENT",
-           "WHOLE_IMAGE", "default_segmenter_factory"]
+__all__ = [
+    "SHORTCUTS",
+    "STACK_ALL",
+    "STACK_CHOOSE",
+    "STACK_CURRENT",
+    "WHOLE_IMAGE",
+    "CassWidget",
+    "default_segmenter_factory",
+]
 
 
 class CassWidget(QWidget):
@@ -65,7 +81,7 @@ class CassWidget(QWidget):
         self.viewer = napari_viewer
         self.segmenter_factory: Callable[..., Any] = segmenter_factory or default_segmenter_factory
         self.last_run: dict[str, Any] = {}
-        self._bound_keys: list[str] = []
+        self.shortcuts = Shortcuts(napari_viewer)
         self._closed = False
         self._docked = False
         self._window: QObject | None = None
@@ -92,7 +108,7 @@ class CassWidget(QWidget):
 
     # ================================================================== UI
     def _build_ui(self) -> None:
-        self.inputs = InputsPanel(self.viewer, on_removed=self.sync.forget)
+        self.inputs = InputsPanel(self.viewer, on_removed=self._on_layer_removed)
         self.class_table = ClassTable()
         self.model = ModelPanel()
         self.run_panel = RunPanel()
@@ -150,36 +166,11 @@ class CassWidget(QWidget):
                 notify("warning", message)
 
     def _restore_settings(self, s: WidgetSettings) -> None:
-        for combo, value in (
-            (self.method_combo, s.method), (self.preset_combo, s.preset),
-            (self.clip_combo, s.clip), (self.vfm_combo, s.vfm), (self.device_combo, s.device),
-            (self.stack_combo, s.stack_mode),
-        ):
-            idx = combo.findText(value)
-            if idx >= 0:
-                combo.setCurrentIndex(idx)
-        self.confidence_check.setChecked(s.show_confidence)
-        self.class_table.background_edit.setText(s.background)
-        rows = [r for r in s.class_rows if isinstance(r, list) and r and all(isinstance(w, str) for w in r)]
-        if rows:  # one row per class: a class with synonyms stays one class
-            words = self.class_table.background_words()
-            self.class_table.set_label_classes(
-                LabelClasses.from_names([r[0] for r in rows], [r[1:] for r in rows], words))
-        elif s.classes_text.strip():
-            self.class_table.set_from_text(s.classes_text)
+        apply_settings(self, s)
 
     def current_settings(self) -> WidgetSettings:
         """The choices to remember for the next session."""
-        lc = self.class_table.label_classes()
-        clip, vfm, method, preset, device = self.model.key()
-        return WidgetSettings(
-            method=method, preset=preset, clip=clip, vfm=vfm, device=device,
-            classes_text=self.class_table.classes_text(),
-            class_rows=[[n, *syn] for n, syn in zip(lc.names[1:], lc.synonyms[1:])],
-            background=self.class_table.background_edit.text(),
-            stack_mode=self.stack_combo.currentText(),
-            show_confidence=self.confidence_check.isChecked(),
-        )
+        return settings_of(self)
 
     # ============================================================ layers
     def selected_image_layer(self) -> Any:
@@ -200,6 +191,10 @@ class CassWidget(QWidget):
     def _current_labels(self) -> Any:
         image = self.selected_image_layer()
         return self.labels_layer_for(image.name) if image is not None else None
+
+    def _on_layer_removed(self, layer: Any) -> None:
+        self.batch.layer_removed(layer)  # saves a batch mask before its layer is gone
+        self.sync.forget(layer)
 
     def _on_image_changed(self, _name: str) -> None:
         """The table shows the class list of the chosen image's labels layer."""
@@ -365,19 +360,10 @@ class CassWidget(QWidget):
             target.visible = not target.visible
 
     def _bind_keys(self) -> None:
-        actions = {
-            "segment": lambda v: self.segment(),
-            "next": lambda v: self.batch_step(1),
-            "previous": lambda v: self.batch_step(-1),
-            "toggle_labels": lambda v: self.toggle_labels(),
-        }
-        taken = []
-        for name, key in SHORTCUTS.items():
-            try:
-                self.viewer.bind_key(key, actions[name], overwrite=False)
-                self._bound_keys.append(key)
-            except ValueError:  # already bound by someone else: keep theirs
-                taken.append(key)
+        taken = self.shortcuts.bind({
+            "segment": self.segment, "next": lambda: self.batch_step(1),
+            "previous": lambda: self.batch_step(-1), "toggle_labels": self.toggle_labels,
+        })
         if taken:
             notify("warning", f"napari-cass: {', '.join(taken)} already bound; those shortcuts are not set.")
 
@@ -388,12 +374,7 @@ class CassWidget(QWidget):
             return
         self._closed = True
         self.batch.close()
-        for key in self._bound_keys:
-            try:
-                self.viewer.bind_key(key, None)
-            except (ValueError, KeyError):
-                pass
-        self._bound_keys = []
+        self.shortcuts.unbind()
         self.runner.shutdown()
         self.inputs.disconnect_viewer()
         self.sync.disconnect_all()
@@ -402,7 +383,7 @@ class CassWidget(QWidget):
             self._window = None
         save_settings(self.current_settings())
 
-    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+    def showEvent(self, event: Any) -> None:
         super().showEvent(event)
         if self.parent() is not None:
             self._docked = True
@@ -413,7 +394,7 @@ class CassWidget(QWidget):
             window.installEventFilter(self)  # the viewer window closing: save first
             self._window = window
 
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt name
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         if obj is self._window and event.type() == QEvent.Type.Close:
             self.cleanup()
         return False
@@ -428,6 +409,6 @@ class CassWidget(QWidget):
                 self.cleanup()
         return super().event(event)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+    def closeEvent(self, event: Any) -> None:
         self.cleanup()
         super().closeEvent(event)

@@ -8,7 +8,8 @@ suite fast on two CPU cores.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def tiny_factory(tiny_model_set: tuple[Any, Any, Any]) -> Callable[..., Any]:
     calls: list[dict[str, str]] = []
 
     def factory(clip: str, vfm: str, method: str, preset: str, device: str) -> Any:
-        calls.append(dict(clip=clip, vfm=vfm, method=method, preset=preset, device=device))
+        calls.append({"clip": clip, "vfm": vfm, "method": method, "preset": preset, "device": device})
         small = get_preset(preset).with_(short_side=112, mode="whole")
         return Segmenter.from_models(*tiny_model_set, method=method, preset=small, device="cpu")
 
@@ -93,11 +94,17 @@ def open_plugin(viewer: Any, factory: Callable[..., Any]) -> tuple[Any, Any]:
 
 
 @pytest.fixture
-def plugin(make_napari_viewer: Callable[..., Any], tiny_factory: Callable[..., Any]) -> Any:
-    """The CASS dock opened through napari's plugin path in a shown viewer (worker threads)."""
+def plugin(make_napari_viewer: Callable[..., Any], tiny_factory: Callable[..., Any],
+           recwarn: pytest.WarningsRecorder) -> Any:
+    """The CASS dock opened through napari's plugin path in a shown viewer (worker threads).
+
+    Fails the test if the plugin touched a private napari attribute (the proxy warns).
+    """
     viewer = make_napari_viewer(show=True)
     _dock, widget = open_plugin(viewer, tiny_factory)
-    return widget
+    yield widget
+    private = [str(w.message) for w in recwarn if "Private attribute" in str(w.message)]
+    assert private == [], private
 
 
 @pytest.fixture

@@ -160,3 +160,20 @@ def test_batch_needs_folders(qtbot, plugin, tmp_path: Path) -> None:
     assert "image folder" in plugin.errors.message
     assert not plugin.batch_open(str(tmp_path / "nope"), str(tmp_path / "out"))
     assert "not found" in plugin.errors.message
+
+
+def test_closing_the_viewer_saves(qtbot, make_napari_viewer, tiny_factory, tmp_path: Path) -> None:
+    from conftest import open_plugin
+
+    _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    viewer = make_napari_viewer(show=True)
+    _dock, w = open_plugin(viewer, tiny_factory)
+    w.class_table.set_from_text("cat, dog")
+    _open(qtbot, w, tmp_path / "in", out)
+    labels = w.labels_layer_for("img_00")
+    labels.brush_size = 3
+    labels.paint((8, 8), 2)
+    expected = np.array(labels.data, copy=True)
+    viewer.close()  # File > Close Window, before the auto-save timer fires
+    np.testing.assert_array_equal(_mask_file(out, "img_00"), expected)

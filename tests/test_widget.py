@@ -202,6 +202,8 @@ def test_class_table_edits_remap_labels(qtbot, plugin: CassWidget, rgb_image: np
     np.testing.assert_array_equal(layer.data, 1 * dog + 2 * grass)
     assert layer.metadata[META_KEY]["names"] == ["background", "dog", "lawn"]
 
+    table.set_color(1, (1, 2, 3))  # colours reach the layer at once
+    np.testing.assert_allclose(layer.colormap.color_dict[1][:3], np.array([1, 2, 3]) / 255)
     click(qtbot, table.add_btn)  # a new class is visible at once and exportable
     assert layer.colormap.color_dict[3][3] == 1.0
     strokes(layer, 3, [(5, 5)])
