@@ -232,14 +232,10 @@ class BatchSession:
     def read_image(self, index: int | None = None) -> np.ndarray:
         """The pixels of an image (ValueError naming the file if it cannot be decoded)."""
         path = self.images[self._i(index)]
+        from napari_cass.io import read_image
+
         try:
-            if path.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                return np.asarray(tifffile.imread(path))
-            import imageio.v3 as iio
-
-            return np.asarray(iio.imread(path))
+            return read_image(path)  # refuses images above the pixel limit before decoding
         except Exception as err:  # noqa: BLE001 - any decoder error becomes one clear message
             raise ValueError(f"Cannot read {path.name}: {err}") from None
 
@@ -321,11 +317,11 @@ class BatchSession:
 
     def _save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
               index: int | None, force: bool) -> dict[str, Path]:
-        from napari_cass.io import RunLock
+        from napari_cass.io import RunLock, mask_suffix_for
 
         i = self._i(index)
         lab = _check_labels(labels, np.shape(image), classes, self.images[i].name)
-        stem, suffix = self.stems[i], ".png" if classes.n_labels <= 256 else ".tif"
+        stem, suffix = self.stems[i], mask_suffix_for(classes.n_labels)
         paths = {
             "image": self.output_dir / "images" / f"{stem}.png",
             "mask": self.output_dir / "masks" / f"{stem}{suffix}",

@@ -186,7 +186,8 @@ def _say(message: str) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from ..io import (RunClasses, RunLock, check_output_folder, clean_temp_files, max_pixels_limit,
+    from ..io import (RunClasses, RunLock, check_output_folder, clean_temp_files, mask_suffix_for,
+                      max_pixels_limit,
                       plan_outputs)
 
     # 1. Everything that can be checked without the models, before loading them.
@@ -202,7 +203,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise CliError(f"--max-pixels: {exc}") from None
     prompts = _class_prompts(args)
     classes = RunClasses.from_prompts(prompts)
-    mask_suffix = ".png" if len(classes.names) <= 256 else ".tif"
+    mask_suffix = mask_suffix_for(len(classes.names))
     out: Path = args.out.expanduser()
     plan = plan_outputs(args.inputs, out, recursive=args.recursive, mask_suffix=mask_suffix)
     renamed = [item for item in plan.renamed()  # said once: not again when a run resumes

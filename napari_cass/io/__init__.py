@@ -23,7 +23,7 @@ from ._images import (
     parse_pixel_count,
     read_image,
 )
-from ._masks import read_label_image, write_indexed_png, write_label_tiff
+from ._masks import mask_suffix_for, read_label_image, write_indexed_png, write_label_tiff
 from ._names import safe_filename, unique_filenames
 from ._overlay import overlay_labels, to_uint8_rgb
 from ._palette import label_palette
@@ -42,6 +42,7 @@ from ._run_folder import (
 )
 
 __all__ = [
+    "mask_suffix_for",
     "CLASSES_FORMAT",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",

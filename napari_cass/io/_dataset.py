@@ -11,7 +11,7 @@ import numpy as np
 from ._atomic import atomic_write, check_targets
 from ._names import safe_filename
 from ._classes_json import classes_table, read_classes_json, write_classes_json
-from ._masks import write_indexed_png, write_label_tiff
+from ._masks import mask_suffix_for, write_indexed_png, write_label_tiff
 from ._overlay import to_uint8_rgb
 
 __all__ = ["export_dataset_item"]
@@ -49,7 +49,7 @@ def export_dataset_item(root: str | os.PathLike[str], stem: str, image: np.ndarr
                 f"list has values 0..{len(names) - 1}): add the missing classes or repaint those "
                 "pixels before exporting."
             )
-    mask_suffix = ".png" if len(names) <= 256 else ".tif"
+    mask_suffix = mask_suffix_for(len(names))
     image_path = root / "images" / f"{safe}.png"
     mask_path = root / "masks" / f"{safe}{mask_suffix}"
     classes_path = root / "classes.json"

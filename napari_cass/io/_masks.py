@@ -1,4 +1,4 @@
-"""Label images on disk: indexed PNG (<= 256 classes) and uint16 TIFF (more)."""
+"""Label images on disk: indexed PNG (<= 255 classes) and uint16 TIFF (more)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ import numpy as np
 
 from ._atomic import atomic_write
 
-__all__ = ["read_label_image", "write_indexed_png", "write_label_tiff"]
+__all__ = ["mask_suffix_for", "read_label_image", "write_indexed_png", "write_label_tiff"]
+
+# In PNG masks 255 means "ignore" (the VOC / mmsegmentation convention that evaluation
+# follows), so a PNG mask can hold mask values 0-254 only.
+PNG_MAX_LABELS = 255
+
+
+def mask_suffix_for(n_values: int) -> str:
+    """File type for masks with ``n_values`` mask values (0 .. n_values - 1).
+
+    ``".png"`` (indexed) while every value stays below 255, the value PNG masks
+    reserve for "ignore"; ``".tif"`` (uint16) above, where 255 is an ordinary class.
+    """
+    return ".png" if n_values <= PNG_MAX_LABELS else ".tif"
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:

@@ -187,7 +187,7 @@ def plan_outputs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.Pat
     recursive : bool
         Also scan sub-folders.
     mask_suffix : str
-        ``".png"`` (indexed, up to 256 mask values) or ``".tif"`` (uint16).
+        ``".png"`` (indexed, up to 255 mask values: 255 means "ignore" in PNG masks) or ``".tif"`` (uint16).
     suffixes : sequence of str
         Which files of a folder are images.
 
