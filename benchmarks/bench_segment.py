@@ -2,18 +2,21 @@
 
 Usage::
 
-    python benchmarks/bench_segment.py [--device auto] [--tiny] [--repeats 2]
+    python benchmarks/bench_segment.py [--device auto] [--tiny] [--repeats 2] [--precision auto|fp32|bf16|compare]
 
 Models are full-size CLIP ViT-B/16 + DINO ViT-B/8 with RANDOM weights (the
 timings do not depend on the weights; the masks are meaningless). The image is
 scikit-image's coffee (400 x 600), resized to 336 x 504: 8 sliding-window crops.
 All figures come from one process, so compare ratios rather than seconds across
-machines.
+machines. ``--precision compare`` runs the cold run twice in the same process: all float32
+(before) and with the per-encoder precision probe (after; bfloat16 only for an encoder that
+the probe measures faster on this CPU, see napari_cass/engine/_precision.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -60,11 +63,13 @@ def encoders_only(seg, image) -> float:
     crops = torch.stack([x[:, a:b, c:d] for a, b, c, d in window_coords(*size, p.crop, p.stride)])
     sync(seg.device)
     start = time.perf_counter()
-    with seg._autocast():
-        for i in range(0, len(crops), seg.batch_size):
+    for i in range(0, len(crops), seg.batch_size):
+        with seg._autocast("clip"):
             seg.clip_model.visual(crops[i : i + seg.batch_size])
-            if seg.vfm_model is not None:
+        if seg.vfm_model is not None:
+            with seg._autocast("vfm"):
                 seg.vfm_model.forward_features(crops[i : i + seg.batch_size])
+    with seg._autocast("clip"):
         tokens = seg._clip.tokens_before_last(x[None])  # whole image (its size differs from 224)
         seg._clip.cls_embedding(tokens)
     sync(seg.device)
@@ -93,22 +98,10 @@ def text_speedup(seg) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--tiny", action="store_true", help="tiny random models (smoke test)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    from skimage.data import coffee
-
-    image = coffee()
-    seg = build(args)
-    print(f"device: {seg.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    seg.segment(image[:64, :64], ["warm up"])  # first-call overheads (allocators, kernels)
-
+def measure(seg, image, repeats: int) -> None:
+    """Cold runs, prompt changes and encoder-only passes; prints the tables."""
     colds, warms, encs, stages = [], [], [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         seg.clear_cache()
         cold = seg.segment(image, CLASSES)
         warm = seg.segment(image, CLASSES + [EXTRA])  # prompt edit: one class added
@@ -129,7 +122,45 @@ def main(argv=None):
     print(f"| encoder forward passes alone | {enc_t:.2f} s |")
     print(f"| cold total / encoders alone | {cold_t / enc_t:.2f} |")
     print(f"| cold total without text / encoders alone | {(cold_t - statistics.median([s['text'] for s in stages])) / enc_t:.2f} |")
-    text_speedup(seg)
+    return cold_t
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (smoke test)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "compare"),
+        help="CPU encoder precision (NAPARI_CASS_PRECISION); compare: fp32 then auto, same process",
+    )
+    parser.add_argument("--skip-text", action="store_true", help="skip the 77- vs cut-token text timing")
+    args = parser.parse_args(argv)
+    from skimage.data import coffee
+
+    from napari_cass.engine._precision import PRECISION_ENV, precision_choices
+
+    image = coffee()
+    seg = build(args)
+    print(f"device: {seg.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    settings = ["fp32", "auto"] if args.precision == "compare" else [args.precision]
+    colds = {}
+    for setting in settings:
+        os.environ[PRECISION_ENV] = setting
+        start = time.perf_counter()
+        seg.segment(image[:64, :64], ["warm up"])  # first-call overheads (allocators, kernels, precision probe)
+        print(f"\n## precision setting: {setting} (warm-up incl. any probe: {time.perf_counter() - start:.1f} s)")
+        for key, choice in precision_choices().items():
+            if key[-1] == setting:
+                print(f"- {key[0]}: {choice.dtype or 'float32'} ({choice.reason})")
+        colds[setting] = measure(seg, image, args.repeats)
+    if len(colds) == 2:
+        print(f"\n| cold run, all float32 (before) | {colds['fp32']:.2f} s |\n|---|---|")
+        print(f"| cold run, per-encoder precision (after) | {colds['auto']:.2f} s |")
+        print(f"| speed-up | {colds['fp32'] / colds['auto']:.2f}x |")
+    if not args.skip_text:
+        text_speedup(seg)
 
 
 if __name__ == "__main__":

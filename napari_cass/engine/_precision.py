@@ -148,7 +148,9 @@ def probe_precision(
     One warm-up pass per precision (one-time kernel setup), then alternating timed passes
     so that both see the same machine load; the best time of each is compared. Stops
     after the first round when the answer is clear (bfloat16 under 0.6x or over 1.2x).
-    ``clock`` is the timer (tests pass a simulated one).
+    ``clock`` is the timer: wall time, what the user waits for (CPU time is no proxy: it
+    misses threads that idle or wait on memory). On a machine loaded by other processes
+    the times are noisy; the margin then errs towards float32. Tests pass a simulated clock.
     """
     sample = torch.randn(batch, 3, _PROBE_SIZE, _PROBE_SIZE, generator=torch.Generator().manual_seed(0))
 
