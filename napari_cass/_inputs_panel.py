@@ -12,6 +12,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
 
+from ._classes import META_KEY
 from ._layer_inputs import STACK_ALL, STACK_CHOOSE, STACK_CURRENT, WHOLE_IMAGE
 
 __all__ = ["InputsPanel"]
@@ -88,7 +89,7 @@ class InputsPanel(QWidget):
         current_image = self.image_combo.currentText()
         current_region = self.region_combo.currentText()
         images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)
-                  and not ly.name.endswith(" confidence")]
+                  and "confidence_of" not in (ly.metadata.get(META_KEY) or {})]
         shapes = [ly.name for ly in self.viewer.layers if isinstance(ly, Shapes)]
         for combo, names, keep, first in (
             (self.image_combo, images, current_image, None),

@@ -233,6 +233,7 @@ class LabelSync:
         layer = self.viewer.add_image(
             conf, name=name, colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.5,
             scale=image.scale, translate=image.translate, blending="translucent",
+            metadata={META_KEY: {"confidence_of": image.name}},
         )
         labels = self.labels_layer_for(image.name)
         if labels is not None:  # keep the labels above the confidence map

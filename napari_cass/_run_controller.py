@@ -70,6 +70,7 @@ class RunController(QObject):
         self._get_factory = get_factory
         self.segmenter: Any = None
         self._segmenter_key: tuple | None = None
+        self._factory_used: Any = None  # a new segmenter_factory means a new model
         self._worker: Any = None
         self._cancel: threading.Event | None = None
         self._running = False
@@ -93,9 +94,10 @@ class RunController(QObject):
         from napari_cass.engine import SegmentationCancelled
 
         clip, vfm, method, preset, device = key
-        build_key = (clip, vfm, device, id(self._get_factory()))
+        factory = self._get_factory()
+        build_key = (clip, vfm, device)
         seg = self.segmenter
-        if seg is not None and self._segmenter_key == build_key:
+        if seg is not None and self._segmenter_key == build_key and self._factory_used is factory:
             try:  # method / preset switch in place: no reload, the image cache stays valid
                 if seg.method != method:
                     seg.set_method(method)
@@ -104,7 +106,6 @@ class RunController(QObject):
                 return seg
             except (ValueError, AttributeError):
                 pass  # e.g. a method that needs the VFM the segmenter was built without
-        factory = self._get_factory()
         kwargs: dict[str, Any] = {
             "clip": clip, "vfm": vfm, "method": method, "preset": preset, "device": device,
         }
@@ -118,6 +119,7 @@ class RunController(QObject):
         self.segmenter = None
         self.segmenter = factory(**kwargs)
         self._segmenter_key = build_key
+        self._factory_used = factory
         if cancel.is_set():
             raise SegmentationCancelled("Segmentation cancelled after loading the models.")
         return self.segmenter
@@ -163,7 +165,7 @@ class RunController(QObject):
         from napari_cass.engine import SegmentationCancelled
 
         seconds = time.perf_counter() - started
-        if err is None and cancel.is_set():
+        if cancel.is_set():  # whatever came back (a result, or a download error it caused)
             err = SegmentationCancelled("Segmentation cancelled.")
         self._set_running(False)
         if err is not None:

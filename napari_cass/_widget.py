@@ -294,9 +294,7 @@ class CassWidget(QWidget):
             return
         try:
             labels = self.sync.apply(ctx, results)
-            table = self.class_table.label_classes()
-            if table.ids != ctx.classes.ids and self._current_labels() is not None:
-                self._on_classes_changed()  # the table was edited during the run
+            self._on_classes_changed()  # the table may have been edited during the run
         except ValueError as err:
             self.errors.set_error(str(err))
             return

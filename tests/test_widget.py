@@ -104,6 +104,7 @@ def test_segment_rerun_and_selection(qtbot, plugin: CassWidget, rgb_image: np.nd
     assert 0.0 < float(conf.data.min()) <= float(conf.data.max()) <= 1.0
     assert viewer.layers.index(layer) > viewer.layers.index(conf)
     assert viewer.layers.selection.active.name == "pic labels"  # brush goes to the labels
+    assert plugin.image_combo.findText("pic confidence") < 0  # not an image to segment
 
     set_classes(qtbot, plugin, "cat, dog, grass, sky")
     run(qtbot, plugin)
