@@ -234,3 +234,16 @@ def test_mask_convention_keeps_value_0_for_background(models, image):
     bg = seg.segment(image, "cat", background="sky")
     assert bg.label_offset == 0 and np.array_equal(bg.mask(), bg.labels)
     assert [c.name for c in bg.mask_classes] == ["background", "cat"]
+
+
+def test_result_confidence_is_stored_or_derived_from_full_probabilities():
+    from napari_cass.engine import ClassPrompt, SegmentationResult
+
+    classes = [ClassPrompt.from_words(["a"]), ClassPrompt.from_words(["b"])]
+    probs = np.array([[[0.9, 0.2]], [[0.1, 0.8]]], np.float32)
+    res = SegmentationResult(labels=np.array([[0, 1]], np.int32), probabilities=probs, classes=classes)
+    assert np.array_equal(res.confidence, np.array([[0.9, 0.8]], np.float32)) and res.confidence.dtype == np.float32
+    with pytest.raises(ValueError, match="needs the confidence"):
+        SegmentationResult(labels=np.zeros((1, 2), np.int32), probabilities=None, classes=classes)
+    with pytest.raises(ValueError, match="needs the confidence"):  # subsampled probabilities are not enough
+        SegmentationResult(labels=np.zeros((4, 4), np.int32), probabilities=np.ones((2, 2, 2), np.float32), classes=classes)
