@@ -247,7 +247,8 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, di
     from ..io import atomic_write
 
     missing = ("the Ray run stopped: " + failure_reason(error) if error is not None else
-               f"no result from the Ray workers (its worker died {WORKER_RETRIES + 1} times; see the Ray logs)")
+               f"no result from the Ray workers (its worker process died on it {WORKER_RETRIES + 1} times, "
+               "or Ray dropped it; see the Ray logs)")
     failures: list[dict[str, Any]] = []
     written = 0
     for item in todo:
