@@ -129,6 +129,17 @@ def test_worker_layout_from_cluster_resources() -> None:
         plan_workers([{"CPU": 8.0}, {"CPU": 4.0}], "cpu", 9, images=1)
 
 
+def test_without_ray_installed_the_message_says_how(tmp_path, monkeypatch, capsys) -> None:
+    _images(tmp_path / "in", [24])
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    argv = ["segment", str(tmp_path / "in"), "--classes", CLASSES, "--out", str(tmp_path / "out"), "--ray"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--ray needs Ray Data, which is not installed" in err
+    assert 'pip install "napari-cass[cluster]"' in err
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
 def test_same_outputs_as_the_cli_and_a_corrupt_image_listed(ray_address, tmp_path, monkeypatch, capsys) -> None:
     names = _images(tmp_path / "in", [24, 25, 26, 27, 40])
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not an image")

@@ -72,7 +72,7 @@ def _connect(ray: Any, address: str | None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"at {address!r}" if address else "(none running here, and a local one did not start)"
         raise ConnectionError(
-            f"Could not connect to a Ray cluster {where}: {failure_reason(exc)}. Start one with "
+            f"Could not connect to a Ray cluster {where}: {failure_reason(exc).rstrip('.')}. Start one with "
             "`ray start --head` (then `ray start --address HEAD:6379` on the other nodes), or use --ray "
             "alone for a local one."
         ) from None
