@@ -20,6 +20,11 @@ from ._label_state import LabelState, class_lut
 
 __all__ = ["LabelSync", "RunContext", "labels_name"]
 
+#: Label states of this process, by layer ``unique_id``. Module-level on purpose: a
+#: dock closed and opened again finds the edits it must keep (napari makes a new
+#: widget each time); a state goes when its layer is removed.
+_STATES: dict[Hashable, LabelState] = {}
+
 
 def labels_name(image_name: str) -> str:
     """The name of an image's labels layer."""
@@ -45,11 +50,14 @@ class LabelSync:
 
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
-        self.states: dict[Hashable, LabelState] = {}
+        self.states = _STATES
         self._hooks: dict[Hashable, tuple[Any, Callable[[Any], None]]] = {}
         self._writing = False
         #: Called with the layer after each recorded paint event (batch auto-save).
         self.on_paint: Callable[[Any], None] | None = None
+        for layer in viewer.layers:  # layers a closed dock knew: listen again
+            if layer.unique_id in self.states:
+                self._hook(layer)
 
     # ------------------------------------------------------------ lookup
     def layer(self, name: str, kind: type) -> Any:
@@ -65,16 +73,24 @@ class LabelSync:
         return self.layer(labels_name(image_name), Labels)
 
     def state_for(self, layer: Any) -> LabelState:
-        """The layer's state (a layer we did not create starts with its data as output)."""
+        """The layer's state, started on first use.
+
+        A layer the plugin made (its class list in the metadata) starts with its
+        data as engine output; any other Labels layer was drawn by someone, so
+        every labelled pixel counts as an edit and a run only fills label 0.
+        """
         uid = layer.unique_id
         state = self.states.get(uid)
         if state is None:
+            data = np.asarray(layer.data)
             classes = None
             if META_KEY in layer.metadata:
                 classes = LabelClasses.from_meta(layer.metadata[META_KEY])
-            state = LabelState(np.asarray(layer.data), classes)
+                state = LabelState(data, classes)
+            else:
+                state = LabelState(np.zeros_like(data))
             self.states[uid] = state
-            self._hook(layer)
+        self._hook(layer)  # a state from a closed dock: listen again
         return state
 
     def reset(self, layer: Any, classes: LabelClasses | None) -> LabelState:
@@ -109,14 +125,19 @@ class LabelSync:
             except (TypeError, ValueError, RuntimeError):
                 pass
 
+    @property
+    def hooked(self) -> int:
+        """How many layers' paint events this dock listens to."""
+        return len(self._hooks)
+
     def disconnect_all(self) -> None:
+        """Stop listening (the dock closes); the states stay for the next dock."""
         for uid in list(self._hooks):
             layer, cb = self._hooks.pop(uid)
             try:
                 layer.events.paint.disconnect(cb)
             except (TypeError, ValueError, RuntimeError):
                 pass
-        self.states.clear()
 
     # ------------------------------------------------------------- write
     def write(self, layer: Any, merged: np.ndarray) -> int:

@@ -457,18 +457,25 @@ def test_close_and_reopen_dock(qtbot, make_napari_viewer, tiny_factory, rgb_imag
     set_classes(qtbot, w, "cat, dog")
     run(qtbot, w)
     layer = _labels(w)
+    first = np.array(layer.data, copy=True)
+    strokes(layer, 3, [(20, 20)])  # a correction made before the dock closes
+    before_close = footprint(first.shape, [(20, 20)])
     viewer.window.remove_dock_widget(dock)  # the dock's close button does this
     bound = {str(k).lower().replace("-", "+") for k in viewer.keymap}
     assert not any(k.lower().replace("-", "+") in bound for k in SHORTCUTS.values())
-    assert w.sync.states == {}
+    assert w.sync.hooked == 0  # no event reaches the closed dock
+
+    strokes(layer, 3, [(40, 50)])  # painted while no dock is open
     _dock2, w2 = open_plugin(viewer, tiny_factory)
     assert notes["warning"] == [] and toasts == []
-    layer.paint((5, 5), 2)  # reaches the new dock only (the old one holds no state)
-    assert w.sync.states == {}
+    assert w2.sync.hooked == 1  # the new dock listens to the layer it inherits
     w2.select_image("pic")
-    set_classes(qtbot, w2, "cat, dog, grass")
+    set_classes(qtbot, w2, "cat, dog, grass, sky")
     run(qtbot, w2)
-    assert layer.data[5, 5] == 2
+    new = engine_labels(w2, rgb_image)
+    kept = before_close | footprint(first.shape, [(40, 50)])
+    np.testing.assert_array_equal(layer.data, np.where(kept, 3, new))
+    assert w.sync.hooked == 0
 
 
 def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
@@ -508,3 +515,17 @@ def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
     other.load_benchmark("voc21")
     voc = other.label_classes()
     assert voc.n_labels == 21 and voc.names[1] == "aeroplane"
+
+
+def test_a_hand_drawn_labels_layer_is_only_filled(qtbot, plugin: CassWidget, rgb_image: np.ndarray) -> None:
+    """A Labels layer the user drew (not made by the plugin): its labels are edits, kept."""
+    viewer = plugin.viewer
+    viewer.add_image(rgb_image, name="pic")
+    drawn = np.zeros(rgb_image.shape[:2], np.uint8)
+    drawn[5:15, 5:25] = 2
+    viewer.add_labels(drawn.copy(), name="pic labels")
+    plugin.select_image("pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    new = engine_labels(plugin, rgb_image)
+    np.testing.assert_array_equal(_labels(plugin).data, np.where(drawn > 0, drawn, new))
