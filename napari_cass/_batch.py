@@ -1,11 +1,8 @@
-"""Batch mode: a folder of images, segmented and corrected one after another.
+"""Batch mode's Qt panel: folder pickers, Open / resume, Previous / Next.
 
-:class:`BatchSession` is Qt-free: it lists the images, knows where each mask is
-saved (the dataset layout of :func:`napari_cass.io.export_dataset_item`:
-``images/``, ``masks/``, ``classes.json``) and keeps ``progress.json`` in the
-output folder so a session resumes where the user left off. :class:`BatchPanel`
-is the small Qt panel; the napari side (layers, segmentation) lives in the
-widget, which the panel calls.
+The Qt-free :class:`BatchSession` (listing, saving, ``progress.json``) lives in
+:mod:`napari_cass._batch_session` and is re-exported here; the napari side
+(layers reused in place, auto-save) is :mod:`napari_cass._batch_controller`.
 """
 
 from __future__ import annotations
