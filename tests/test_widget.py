@@ -529,3 +529,64 @@ def test_a_hand_drawn_labels_layer_is_only_filled(qtbot, plugin: CassWidget, rgb
     run(qtbot, plugin)
     new = engine_labels(plugin, rgb_image)
     np.testing.assert_array_equal(_labels(plugin).data, np.where(drawn > 0, drawn, new))
+
+
+def _canvas(widget: CassWidget):
+    """napari's vispy canvas widget, found through Qt (no napari private attribute)."""
+    from qtpy.QtWidgets import QWidget
+
+    return next(w for w in widget.window().findChildren(QWidget)
+                if type(w).__name__ == "CanvasBackendDesktop")
+
+
+def _drag(qtbot, canvas, points) -> None:
+    """A real mouse drag: press, moves with the button held, release."""
+    from qtpy.QtCore import QEvent, QPointF
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    mods = Qt.KeyboardModifier.NoModifier
+    steps = [(QEvent.Type.MouseButtonPress, points[0], left, left)]
+    steps += [(QEvent.Type.MouseMove, p, none, left) for p in points[1:]]
+    steps += [(QEvent.Type.MouseButtonRelease, points[-1], left, none)]
+    for kind, p, button, buttons in steps:
+        pos = QPointF(p)
+        event = QMouseEvent(kind, pos, QPointF(canvas.mapToGlobal(p)), button, buttons, mods)
+        QApplication.sendEvent(canvas, event)
+        qtbot.wait(5)  # let napari handle each move, as between real mouse events
+
+
+def test_real_brush_strokes_survive_rerun(qtbot, plugin: CassWidget, rgb_image: np.ndarray,
+                                          toasts: list) -> None:
+    """The brush driven by mouse events on the canvas, as an annotator paints."""
+    from qtpy.QtCore import QPoint
+
+    viewer = plugin.viewer
+    viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    first = np.array(layer.data, copy=True)
+    viewer.reset_view()
+    qtbot.wait(50)
+    canvas = _canvas(plugin)
+    cy, cx = viewer.camera.center[-2:]
+    zoom = viewer.camera.zoom
+
+    def at(row: float, col: float) -> QPoint:
+        return QPoint(round((col - cx) * zoom + canvas.width() / 2),
+                      round((row - cy) * zoom + canvas.height() / 2))
+
+    layer.mode = "paint"
+    layer.selected_label = 3  # a class added for the correction
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    layer.brush_size = 3
+    _drag(qtbot, canvas, [at(20, c) for c in range(10, 41, 2)])
+    painted = np.asarray(layer.data) == 3
+    assert painted[20, 10:41].all() and not (first == 3).any()
+
+    set_classes(qtbot, plugin, "cat, dog, grass, sky")
+    run(qtbot, plugin)
+    np.testing.assert_array_equal(layer.data, np.where(painted, 3, engine_labels(plugin, rgb_image)))
+    assert toasts == []
