@@ -7,7 +7,7 @@ The Qt-free :class:`BatchSession` (listing, saving, ``progress.json``) lives in
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from ._batch_session import IMAGE_SUFFIXES, PROGRESS_FILE, BatchSession
 
-__all__ = ["IMAGE_SUFFIXES", "BatchSession", "BatchPanel", "PROGRESS_FILE"]
+__all__ = ["IMAGE_SUFFIXES", "PROGRESS_FILE", "BatchPanel", "BatchSession"]
 
 
 class BatchPanel(QWidget):
