@@ -104,7 +104,7 @@ def cpu_autocast(name: str, forward: Callable[[torch.Tensor], object], model: to
     name : str
         ``"clip"`` or ``"vfm"`` (part of the cache key and the report).
     forward : callable
-        Runs the encoder's part that the context will wrap on a ``(1, 3, 224, 224)``
+        Runs the encoder's part that the context will wrap on a ``(batch, 3, 224, 224)``
         batch (used only by the first, probing, call).
     model : torch.nn.Module
         The encoder, for the cache key (architecture and size).
