@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -205,6 +206,7 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
     log_level = data_log.level
     data_log.setLevel(logging.ERROR)  # "progress bars disabled", "execution finished": our bar says it
     bar = tqdm(total=len(todo), desc="Images", unit="img", file=sys.stderr, disable=None)
+    began = time.perf_counter()
     try:
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
             SegmentWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=layout.workers),
@@ -239,7 +241,19 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
     if not table.written:  # no worker ever started: nothing was written
         reason = failure_reason(error) if error is not None else "no worker started"
         raise RuntimeError(f"The Ray workers could not start: {reason}")
+    _say_throughput(results, time.perf_counter() - began, layout)
     return _report(plan, decision, todo, results, error)
+
+
+def _say_throughput(results: dict[str, dict[str, Any]], seconds: float, layout: WorkerLayout) -> None:
+    """Images per second, overall (worker start-up included) and per worker once running."""
+    busy = [float(r["seconds"]) for r in results.values() if bool(r["ok"])]
+    if not busy or seconds <= 0:
+        return
+    per_image = sum(busy) / len(busy)
+    _say(f"{len(busy)} image(s) in {seconds:.1f} s, worker start-up included: {len(busy) / seconds:.2f} "
+         f"image/s; {per_image:.2f} s per image on a worker, so {layout.workers / per_image:.2f} image/s "
+         f"once the {layout.workers} worker(s) run.")
 
 
 def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, dict[str, Any]],
