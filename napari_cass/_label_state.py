@@ -50,7 +50,6 @@ class RunSnapshot:
     last_output: np.ndarray  # the engine output before the run
     painted: np.ndarray  # paint bookkeeping before the run
     painted_value: np.ndarray
-    classes: LabelClasses | None
 
 
 class LabelState:
@@ -134,7 +133,7 @@ class LabelState:
         self.runs.append(RunSnapshot(
             written=written.copy(), before=before[written].copy(),
             last_output=self.last_output.copy(), painted=self.painted.copy(),
-            painted_value=self.painted_value.copy(), classes=self.classes,
+            painted_value=self.painted_value.copy(),
         ))
         if new.dtype != self.last_output.dtype:
             self.retype(new.dtype)
@@ -190,8 +189,7 @@ class LabelState:
         self.painted = snap.painted | since
         self.painted_value = painted_value
         self.last_output = snap.last_output.astype(self.last_output.dtype, copy=True)
-        self.classes = snap.classes
-        self.runs.pop()
+        self.runs.pop()  # the class list stays: it may have been edited since (remapped)
 
     @property
     def can_undo(self) -> bool:

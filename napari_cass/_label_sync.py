@@ -278,8 +278,6 @@ class LabelSync:
                 layer.data_setitem(indices, values)
             finally:
                 self._writing = False
-        if state.classes is not None:
-            self.decorate(layer, state.classes)
         return int(indices[0].size) if indices else 0
 
     # ----------------------------------------------------------- classes

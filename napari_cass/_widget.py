@@ -313,8 +313,6 @@ class CassWidget(QWidget):
         if restored is None:
             self._say("info", "Nothing to undo: the last run created the layer (delete it to start over).")
             return False
-        if labels.metadata.get(META_KEY):
-            self.class_table.set_label_classes(LabelClasses.from_meta(labels.metadata[META_KEY]), quiet=True)
         self.errors.set_status(f"last run undone ({restored} px restored)")
         return True
 

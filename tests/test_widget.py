@@ -232,6 +232,26 @@ def test_set_keeps_ids_of_same_names(qtbot, plugin: CassWidget, rgb_image: np.nd
     np.testing.assert_array_equal(layer.data, lut[before])
 
 
+def test_undo_last_run_after_a_reorder(qtbot, plugin: CassWidget, rgb_image: np.ndarray) -> None:
+    """The run history is renumbered with the classes: undo gives the old labels, new numbers."""
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    run(qtbot, plugin)
+    layer = _labels(plugin)
+    first = np.array(layer.data, copy=True)
+    set_classes(qtbot, plugin, "cat, dog, grass")
+    run(qtbot, plugin)
+    second = np.array(layer.data, copy=True)
+    set_classes(qtbot, plugin, "dog, cat, grass")
+    lut = np.array([0, 2, 1, 3], np.uint8)
+    np.testing.assert_array_equal(layer.data, lut[second])
+    click(qtbot, plugin.undo_btn)
+    np.testing.assert_array_equal(layer.data, lut[first])
+    assert list(layer.features["class"]) == ["background", "dog", "cat", "grass"]
+    click(qtbot, plugin.undo_btn)  # the first run made the layer: nothing more to undo
+    assert "Nothing to undo" in plugin.status_label.text()
+
+
 class _GatedSegmenter:
     """Wraps a real segmenter; when ``block`` is set, waits for the cancel request first.
 
