@@ -379,13 +379,23 @@ def test_errors_are_bounded_and_copyable(qtbot, plugin: CassWidget, notes: dict)
     click(qtbot, plugin.errors.details_btn)
     assert plugin.errors.details.isVisible()
     assert plugin.errors.details.height() <= 100
-    long = "Weights missing. Run: " + "napari-cass download ViT-B-16 " + "x" * 400
-    plugin.errors.set_error(long, toast=False)
+    command = "napari-cass download ViT-B-16 --cache /very/long/path/" + "x" * 300
+
+    def offline(clip, vfm, method, preset, device):
+        raise FileNotFoundError(f"CLIP weights not found offline: to fetch them run:\n{command}")
+
+    plugin.segmenter_factory = offline
+    plugin.viewer.add_image(np.zeros((32, 32), np.uint8), name="grey")
+    set_classes(qtbot, plugin, "cat")
+    run(qtbot, plugin)
+    status = plugin.status_label.text()
+    assert status.startswith("CLIP weights not found") and len(status) <= 90  # short
+    assert command in plugin.errors.details.toPlainText()  # the whole command, selectable
     click(qtbot, plugin.errors.copy_btn)
     from qtpy.QtWidgets import QApplication
 
-    assert QApplication.clipboard().text() == long
-    assert plugin.width() == width
+    assert command in QApplication.clipboard().text()
+    assert plugin.width() == width and plugin.errors.details.height() <= 100
 
 
 def test_bad_inputs_give_messages(qtbot, plugin: CassWidget) -> None:
