@@ -32,7 +32,9 @@ __all__ = ["FAILED_FILE", "MAX_BLOCKS", "WORKER_RETRIES", "require_ray", "segmen
 
 #: The report of images that failed, written into the output folder (removed by a clean run).
 FAILED_FILE = "failed.json"
-#: How often Ray re-runs an image whose worker process died (segfault, out of memory).
+#: How often an image whose worker process died (a segfault, out of memory) is tried again.
+#: Ray restarts dead workers and re-runs their images for ever by default; the workers count
+#: each image's starts at the run's gate and give up on it after this many retries.
 WORKER_RETRIES = 2
 #: Up to this many images, each is its own block (progress and retries per image); above,
 #: images are grouped, so the driver does not create millions of objects.
@@ -90,11 +92,6 @@ def _root_cause(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
-
-
-def _retry_args() -> dict[str, Any]:
-    """Actor options: a dead worker process is restarted, and its image retried, a few times."""
-    return {"max_restarts": -1, "max_task_retries": WORKER_RETRIES}
 
 
 def _worker_env() -> dict[str, Any]:
@@ -213,8 +210,8 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
             num_cpus=layout.cpus_per_worker, num_gpus=layout.gpus_per_worker,
             fn_constructor_kwargs=dict(build=build, args=_worker_args(args, layout), describe=describe,
                                        prompts=list(prompts), classes=classes, max_pixels=max_pixels,
-                                       gate=gate),
-            ray_remote_args_fn=_retry_args, **_worker_env(),
+                                       gate=gate, worker_retries=WORKER_RETRIES),
+            **_worker_env(),
         )
         sources = {item.name: item.source for item in todo}
         for row in dataset.iter_rows():
@@ -239,8 +236,14 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
     if table.error is not None:
         raise table.error
     if not table.written:  # no worker ever started: nothing was written
-        reason = failure_reason(error) if error is not None else "no worker started"
-        raise RuntimeError(f"The Ray workers could not start: {reason}")
+        try:
+            reason = ray.get(gate.worker_error.remote(), timeout=30)
+        except Exception:  # the gate is gone with the cluster
+            reason = None
+        if reason is None:
+            reason = failure_reason(error) if error is not None else "no worker started"
+        raise RuntimeError(f"The Ray workers could not start, {reason}" if reason.startswith("on node ")
+                           else f"The Ray workers could not start: {reason}")
     _say_throughput(results, time.perf_counter() - began, layout)
     return _report(plan, decision, todo, results, error)
 
@@ -261,8 +264,7 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, di
     from ..io import atomic_write
 
     missing = ("the Ray run stopped: " + failure_reason(error) if error is not None else
-               f"no result from the Ray workers (its worker process died on it {WORKER_RETRIES + 1} times, "
-               "or Ray dropped it; see the Ray logs)")
+               "no result from the Ray workers (Ray dropped it; see the Ray logs)")
     failures: list[dict[str, Any]] = []
     written = 0
     for item in todo:
@@ -272,7 +274,7 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, di
             continue
         failures.append({"name": item.name, "source": str(item.source),
                          "error": str(row["error"]) if row is not None else missing,
-                         "attempts": int(row["attempts"]) if row is not None else WORKER_RETRIES + 1})
+                         "attempts": int(row["attempts"]) if row is not None else 0})
     print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
           + (f"; {len(decision.done)} more were already done." if decision.done else "."))
     report = Path(plan.out_dir) / FAILED_FILE

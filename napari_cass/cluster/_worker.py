@@ -50,6 +50,22 @@ class TableGate:
         self._have_first = asyncio.Event()
         self._opened = asyncio.Event()
         self._error: str | None = None
+        self._worker_error: str | None = None
+        self._starts: dict[str, int] = {}
+
+    async def begin(self, name: str) -> int:
+        """Count a start of image ``name``: 1 the first time, 2 after its worker died once..."""
+        self._starts[name] = self._starts.get(name, 0) + 1
+        return self._starts[name]
+
+    async def worker_failed(self, message: str) -> None:
+        """A worker could not start (models missing on its node, ...): kept for the driver."""
+        if self._worker_error is None:
+            self._worker_error = message
+
+    async def worker_error(self) -> str | None:
+        """The first worker's start-up error, in full (Ray's own error keeps only a traceback)."""
+        return self._worker_error
 
     async def first_description(self) -> dict[str, Any]:
         await self._have_first.wait()
@@ -69,9 +85,10 @@ class TableGate:
                              if description.get(k) != self._first.get(k))
             detail = "; ".join(f"{k}: {description.get(k)!r} here, {self._first.get(k)!r} on the first "
                                "worker" for k in changed)
-            raise RuntimeError(f"The worker on node {node} built other models than the first worker "
-                               f"({detail}). Install the same napari-cass version and weights on "
-                               "every node.")
+            message = (f"The worker on node {node} built other models than the first worker ({detail}). "
+                       "Install the same napari-cass version and weights on every node.")
+            await self.worker_failed(message)
+            raise RuntimeError(message)
         await self._opened.wait()
         if self._error is not None:
             raise RuntimeError(self._error)
@@ -96,24 +113,42 @@ class SegmentWorker:
         Pixel limit for reading images (0 or None: none).
     gate : ActorHandle
         The run's :class:`TableGate`.
+    worker_retries : int
+        Starts of an image beyond the first that a dead worker may cost (Ray restarts dead
+        workers and re-runs their images for ever; this count stops that).
     """
 
     def __init__(self, build: Callable[[Any], Any], args: Any, describe: Callable[[Any, Any], dict],
-                 prompts: Sequence[Any], classes: Any, max_pixels: int | None, gate: Any):
+                 prompts: Sequence[Any], classes: Any, max_pixels: int | None, gate: Any,
+                 worker_retries: int = 2):
         import ray
 
+        self.gate = gate
+        self.worker_retries = int(worker_retries)
         self.node = platform.node()
-        self.segmenter = build(args)
+        try:
+            self.segmenter = build(args)
+            description = describe(args, self.segmenter)
+        except Exception as exc:
+            ray.get(gate.worker_failed.remote(f"on node {self.node}: {str(exc) or type(exc).__name__}"))
+            raise
         self.prompts = list(prompts)
         self.classes = classes
         self.max_pixels = max_pixels or 0
-        ray.get(gate.wait_open.remote(describe(args, self.segmenter), self.node))
+        ray.get(gate.wait_open.remote(description, self.node))
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
         rows: dict[str, list[Any]] = {k: [] for k in ("name", "ok", "error", "attempts", "seconds", "node")}
         for source, name, mask, overlay in zip(batch["source"], batch["name"], batch["mask"], batch["overlay"]):
             start = time.perf_counter()
-            ok, error, attempts = self._segment_one(str(source), str(name), str(mask), str(overlay))
+            starts = ray.get(self.gate.begin.remote(str(name)))
+            if starts > self.worker_retries + 1:  # every earlier start ended with its worker's death
+                ok, error, attempts = False, (f"its worker process died on it {starts - 1} time(s) (a crash in "
+                                              "the models, or out of memory: see the Ray logs)"), starts - 1
+            else:
+                ok, error, attempts = self._segment_one(str(source), str(name), str(mask), str(overlay))
             for key, value in (("name", str(name)), ("ok", ok), ("error", error), ("attempts", attempts),
                                ("seconds", time.perf_counter() - start), ("node", self.node)):
                 rows[key].append(value)
