@@ -21,9 +21,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._layout import WorkerLayout, plan_workers
 from ._worker import SEGMENT_ATTEMPTS, SegmentWorker, TableGate, failure_reason
@@ -60,7 +61,7 @@ def require_ray(args: argparse.Namespace | None = None) -> Any:
                          "cluster, --server on a napari-cass server. Choose one.")
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise ModuleNotFoundError(f"--ray needs Ray Data, which is not installed ({exc}); {_INSTALL}.") from None
     return ray
@@ -179,7 +180,7 @@ def segment_on_ray(args: argparse.Namespace, plan: Any, decision: Any, todo: Seq
 def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels, build, describe) -> int:
     from tqdm.auto import tqdm
 
-    from ..io import start_run
+    from ..io import image_done, start_run
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     layout = plan_workers(nodes, str(args.device), args.threads, len(todo))
@@ -197,7 +198,7 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
                        ("print_on_execution_start", False)):
         if key in saved:
             setattr(context, key, value)
-    results: dict[str, dict[str, Any]] = {}
+    tally = _Tally()
     error: BaseException | None = None
     data_log = logging.getLogger("ray.data")
     log_level = data_log.level
@@ -208,21 +209,21 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
             SegmentWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=layout.workers),
             num_cpus=layout.cpus_per_worker, num_gpus=layout.gpus_per_worker,
-            fn_constructor_kwargs=dict(build=build, args=_worker_args(args, layout), describe=describe,
-                                       prompts=list(prompts), classes=classes, max_pixels=max_pixels,
-                                       gate=gate, worker_retries=WORKER_RETRIES),
+            fn_constructor_kwargs={"build": build, "args": _worker_args(args, layout), "describe": describe,
+                                   "prompts": list(prompts), "classes": classes, "max_pixels": max_pixels,
+                                   "gate": gate, "worker_retries": WORKER_RETRIES},
             **_worker_env(),
         )
         sources = {item.name: item.source for item in todo}
         for row in dataset.iter_rows():
-            name = str(row["name"])
-            results[name] = row
             bar.update(1)
-            if not bool(row["ok"]):
-                tqdm.write(f"napari-cass: skipped {sources.get(name, name)}: {row['error']}", file=sys.stderr)
+            failure = tally.add(row)
+            if failure is not None:
+                name = str(row["name"])
+                tqdm.write(f"napari-cass: skipped {sources.get(name, name)}: {failure}", file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
-        done = len(decision.done) + sum(bool(r["ok"]) for r in results.values())
+        done = len(decision.done) + sum(image_done(item) for item in todo)  # results lag behind the files
         _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {plan.out_dir}; "
              "run the same command again to finish the others.")
         raise
@@ -244,23 +245,45 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
             reason = failure_reason(error) if error is not None else "no worker started"
         raise RuntimeError(f"The Ray workers could not start, {reason}" if reason.startswith("on node ")
                            else f"The Ray workers could not start: {reason}")
-    _say_throughput(results, time.perf_counter() - began, layout)
-    return _report(plan, decision, todo, results, error)
+    _say_throughput(tally, time.perf_counter() - began, layout)
+    return _report(plan, decision, todo, tally, error)
 
 
-def _say_throughput(results: dict[str, dict[str, Any]], seconds: float, layout: WorkerLayout) -> None:
+@dataclass
+class _Tally:
+    """What came back from the workers, kept small (names, failures, busy time)."""
+
+    seen: set[str] = field(default_factory=set)
+    failed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    busy_seconds: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> str | None:
+        """Record one worker row; returns its error, or None when the image was written."""
+        name = str(row["name"])
+        self.seen.add(name)
+        if bool(row["ok"]):
+            self.failed.pop(name, None)
+            self.busy_seconds += float(row["seconds"])
+            return None
+        self.failed[name] = (str(row["error"]), int(row["attempts"]))
+        return self.failed[name][0]
+
+    @property
+    def written(self) -> int:
+        return len(self.seen) - len(self.failed)
+
+
+def _say_throughput(tally: _Tally, seconds: float, layout: WorkerLayout) -> None:
     """Images per second, overall (worker start-up included) and per worker once running."""
-    busy = [float(r["seconds"]) for r in results.values() if bool(r["ok"])]
-    if not busy or seconds <= 0:
+    if not tally.written or seconds <= 0:
         return
-    per_image = sum(busy) / len(busy)
-    _say(f"{len(busy)} image(s) in {seconds:.1f} s, worker start-up included: {len(busy) / seconds:.2f} "
-         f"image/s; {per_image:.2f} s per image on a worker, so {layout.workers / per_image:.2f} image/s "
-         f"once the {layout.workers} worker(s) run.")
+    per_image = tally.busy_seconds / tally.written
+    _say(f"{tally.written} image(s) in {seconds:.1f} s, worker start-up included: "
+         f"{tally.written / seconds:.2f} image/s; {per_image:.2f} s per image on a worker, so "
+         f"{layout.workers / per_image:.2f} image/s once the {layout.workers} worker(s) run.")
 
 
-def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, dict[str, Any]],
-            error: BaseException | None) -> int:
+def _report(plan: Any, decision: Any, todo: Sequence[Any], tally: _Tally, error: BaseException | None) -> int:
     from ..io import atomic_write
 
     missing = ("the Ray run stopped: " + failure_reason(error) if error is not None else
@@ -268,13 +291,11 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], results: dict[str, di
     failures: list[dict[str, Any]] = []
     written = 0
     for item in todo:
-        row = results.get(item.name)
-        if row is not None and bool(row["ok"]):
+        if item.name in tally.seen and item.name not in tally.failed:
             written += 1
             continue
-        failures.append({"name": item.name, "source": str(item.source),
-                         "error": str(row["error"]) if row is not None else missing,
-                         "attempts": int(row["attempts"]) if row is not None else 0})
+        reason, attempts = tally.failed.get(item.name, (missing, 0))
+        failures.append({"name": item.name, "source": str(item.source), "error": reason, "attempts": attempts})
     print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
           + (f"; {len(decision.done)} more were already done." if decision.done else "."))
     report = Path(plan.out_dir) / FAILED_FILE

@@ -68,8 +68,8 @@ def plan_workers(nodes: Sequence[Mapping[str, float]], device: str, threads: int
     ValueError
         GPUs asked for on a cluster without any, or more threads than the largest node has.
     """
-    gpus_by_node = [int(math.floor(n.get("GPU", 0.0))) for n in nodes]
-    cpus_by_node = [int(math.floor(n.get("CPU", 0.0))) for n in nodes]
+    gpus_by_node = [math.floor(n.get("GPU", 0.0)) for n in nodes]
+    cpus_by_node = [math.floor(n.get("CPU", 0.0)) for n in nodes]
     wants_gpu = device.startswith("cuda")
     if wants_gpu and not any(gpus_by_node):
         raise ValueError(f"--device {device} asks for GPUs, but the Ray cluster has none "
