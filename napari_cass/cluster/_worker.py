@@ -24,7 +24,8 @@ __all__ = ["SEGMENT_ATTEMPTS", "SegmentWorker", "TableGate", "failure_reason"]
 
 #: Tries per image for an error raised while segmenting or writing (a CUDA out-of-memory, a
 #: network file system hiccup). Reading errors (a corrupt or too large file) are not retried:
-#: the same bytes fail the same way. A worker process that dies is Ray's to retry.
+#: the same bytes fail the same way. A worker process that dies is restarted by Ray, which
+#: re-runs its image (up to the driver's ``WORKER_RETRIES``, counted at the gate).
 SEGMENT_ATTEMPTS = 2
 
 
