@@ -129,6 +129,38 @@ def test_worker_layout_from_cluster_resources() -> None:
         plan_workers([{"CPU": 8.0}, {"CPU": 4.0}], "cpu", 9, images=1)
 
 
+def test_table_gate_opens_once_and_refuses_workers_with_other_models() -> None:
+    """The gate's logic without Ray: its methods are plain coroutines."""
+    import asyncio
+
+    from napari_cass.cluster import TableGate
+
+    first = {"method": "cass", "models": {"clip": "ViT-B-16"}, "napari_cass_version": "0.1.0"}
+    other = dict(first, napari_cass_version="0.0.9")
+
+    async def scenario() -> list[str]:
+        gate, events = TableGate(), []
+        waiting = asyncio.ensure_future(gate.wait_open(first, "node-a"))
+        assert await gate.first_description() == first  # what the driver writes classes.json from
+        await asyncio.sleep(0)
+        assert not waiting.done()  # no mask before the table
+        await gate.open()
+        await waiting
+        await gate.wait_open(dict(first), "node-b")  # the same models: let through
+        try:
+            await gate.wait_open(other, "node-c")
+        except RuntimeError as exc:
+            events.append(str(exc))
+        events.append(await gate.worker_error())
+        assert [await gate.begin("img0"), await gate.begin("img0"), await gate.begin("img1")] == [1, 2, 1]
+        return events
+
+    refused, recorded = asyncio.run(scenario())
+    assert refused == recorded
+    assert refused.startswith("The worker on node node-c built other models than the first worker "
+                              "(napari_cass_version: '0.0.9' here, '0.1.0' on the first worker)")
+
+
 def test_without_ray_installed_the_message_says_how(tmp_path, monkeypatch, capsys) -> None:
     _images(tmp_path / "in", [24])
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
