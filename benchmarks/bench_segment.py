@@ -32,7 +32,9 @@ def build(args):
     if args.tiny:
         from napari_cass.engine.testing import tiny_models
 
-        return Segmenter.from_models(*tiny_models(), device=args.device, threads=args.threads)
+        return Segmenter.from_models(
+            *tiny_models(), device=args.device, threads=args.threads, batch_size=args.batch_size
+        )
     import open_clip
     import timm
 
@@ -40,7 +42,9 @@ def build(args):
     clip = open_clip.create_model("ViT-B-16", pretrained=None, quick_gelu=True)
     vfm = timm.create_model("vit_base_patch8_224.dino", pretrained=False, num_classes=0)
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
-    return Segmenter.from_models(clip, tokenizer, vfm, device=args.device, threads=args.threads)
+    return Segmenter.from_models(
+        clip, tokenizer, vfm, device=args.device, threads=args.threads, batch_size=args.batch_size
+    )
 
 
 def sync(device):
@@ -163,6 +167,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="tiny random models (smoke test)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (engine default if unset)")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16", "compare"),
         help="CPU encoder precision (NAPARI_CASS_PRECISION); compare: fp32 then auto, same process",
@@ -175,7 +180,7 @@ def main(argv=None):
 
     image = coffee()
     seg = build(args)
-    print(f"device: {seg.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {seg.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, crops per pass {seg.batch_size}")
     if args.precision != "compare":
         os.environ[PRECISION_ENV] = args.precision
         seg.segment(image[:64, :64], ["warm up"])  # first-call overheads (allocators, kernels, precision probe)
