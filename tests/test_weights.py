@@ -220,3 +220,19 @@ def test_download_failure_explains_what_to_do(env: Path, local_hub: str, monkeyp
     assert "the download failed" in msg and "ConnectionError: connection reset by peer" in msg
     assert "napari-cass weights import PATH --model tiny_vfm" in msg
     assert not any(p.name.startswith(".download") for p in (env / "vfm").iterdir())
+
+
+def test_random_weights_are_the_same_in_every_process() -> None:
+    """CLI runs, server replicas and Ray workers must build identical random models."""
+    import warnings
+
+    from napari_cass.engine._weights import build_vfm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.manual_seed(1)
+        first = build_vfm("dino_vits8", "random").state_dict()
+        torch.manual_seed(2)  # the global generator's state must not matter
+        second = build_vfm("dino_vits8", "random").state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

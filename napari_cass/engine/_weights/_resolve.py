@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,14 @@ def _build(spec: ModelSpec, weights: str | os.PathLike[str], progress: ProgressC
     elif isinstance(choice, Path):
         _check_path(choice, spec)
         source = choice
-    model = spec.factory()
+    if source is None:
+        # Random weights seeded from the model's name: every process (CLI, server replicas,
+        # Ray workers) builds the same model, so their outputs can be compared and resumed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(spec.name.encode("utf-8")))
+            model = spec.factory()
+    else:
+        model = spec.factory()
     if source is None:
         warnings.warn(
             f"{spec.name} has random weights: segmentations are meaningless (for tests and demos only).",
