@@ -173,6 +173,7 @@ def probe_precision(
         t32.append(once(False))
         t16.append(once(True))
     best32, best16 = min(t32), min(t16)
+    times = f"{best32:.2f} s float32, {best16:.2f} s bfloat16 per pass of {batch}"
     if best16 < _MARGIN * best32:
-        return PrecisionChoice(torch.bfloat16, best32, best16, f"bfloat16 {best32 / best16:.1f}x faster than float32")
-    return PrecisionChoice(None, best32, best16, f"bfloat16 not faster ({best16 / best32:.1f}x the float32 time)")
+        return PrecisionChoice(torch.bfloat16, best32, best16, f"bfloat16 {best32 / best16:.1f}x faster ({times})")
+    return PrecisionChoice(None, best32, best16, f"bfloat16 not faster: {best16 / best32:.1f}x the time ({times})")
