@@ -19,29 +19,28 @@ __all__ = ["read_class_file", "write_class_file"]
 def read_class_file(path: str | Path) -> tuple[list[Any], np.ndarray | None, list[str]]:
     """``(prompts, colours or None, background words)`` of a class list file.
 
-    A napari-cass ``classes.json`` keeps its colours and background words; any
-    other file goes through the engine's ``load_class_file``.
+    A napari-cass ``classes.json`` (written by the widget or the CLI) is read through
+    :func:`napari_cass.io.class_words`, the one reading the CLI's ``--classes-file``
+    uses too, so the table asks the engine exactly what the CLI would: a row 0
+    "background" without words is no class (only label 0), a class's name is not
+    repeated among its words. Its colours are kept. Any other file goes through the
+    engine's ``load_class_file``.
     """
     from napari_cass.engine import ClassPrompt, load_class_file
 
     path = Path(path)
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json" and path.is_file():
         try:
-            from napari_cass.io import read_classes_json
+            from napari_cass.io import class_words, read_classes_json
 
-            data = read_classes_json(path)
-            entries = sorted(data["classes"], key=lambda c: int(c["id"]))
-            background: list[str] = []
-            if entries and str(entries[0]["name"]).casefold() == BACKGROUND_NAME:
-                background = [str(w) for w in entries[0].get("synonyms", [])]
-            else:  # a list without a background row: prepend one
-                entries = [{"name": BACKGROUND_NAME, "color": [0, 0, 0]}, *entries]
-            prompts = [
-                ClassPrompt.from_words([c["name"], *c.get("synonyms", [])], name=c["name"])
-                for c in entries[1:]
-            ]
-            colors = np.asarray([c["color"] for c in entries], dtype=np.uint8)
-            return prompts, colors, background
+            doc = read_classes_json(path)
+            background, classes = class_words(doc)
+            rows = sorted(doc["classes"], key=lambda c: int(c["id"]))
+            colors = [c["color"] for c in rows]
+            if not rows or str(rows[0]["name"]).strip().casefold() != BACKGROUND_NAME:
+                colors = [[0, 0, 0], *colors]  # a table without a background row: label 0 added
+            prompts = [ClassPrompt.from_words(words, name=name) for name, words in classes]
+            return prompts, np.asarray(colors, dtype=np.uint8), background
         except (ValueError, KeyError, TypeError):
             pass  # not our classes.json: fall back to the engine's loader
     return list(load_class_file(path)), None, []

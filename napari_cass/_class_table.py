@@ -11,6 +11,7 @@ row with the same name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -302,8 +303,15 @@ class ClassTable(QWidget):
         from napari_cass.engine import benchmark_classes
 
         if name not in ("", _CHOOSE_LIST):
+            prompts = benchmark_classes(name)
+            if prompts and prompts[0].name.casefold() == BACKGROUND_NAME:
+                # COCO-Object's background reuses class words ("bed"): the evaluation keeps
+                # them (as the paper), an annotator's run would refuse them, so drop them here.
+                taken = {w.casefold() for p in prompts[1:] for w in (p.name, *p.queries)}
+                words = tuple(w for w in prompts[0].queries if w.casefold() not in taken)
+                prompts = [replace(prompts[0], queries=words), *prompts[1:]]
             self.background_edit.setText("")
-            self.set_classes(benchmark_classes(name))
+            self.set_classes(prompts)
 
     def add_class(self, name: str | None = None, synonyms: Sequence[str] = ()) -> int:
         """Append a class row (a fresh unique name if none is given); returns its label."""

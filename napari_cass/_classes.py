@@ -69,7 +69,11 @@ class LabelClasses:
         return len(self.names)
 
     def prompts(self) -> list[Any]:
-        """The engine's class prompts for labels ``1..n-1`` (ValueError if there are none)."""
+        """The engine's class prompts for labels ``1..n-1``.
+
+        Raises ``ValueError`` (with what to do) when there are none, a class is named
+        "background", or a background word is also a class or a class's word.
+        """
         from napari_cass.engine import ClassPrompt, normalize_classes
 
         items = [
@@ -87,7 +91,15 @@ class LabelClasses:
                 "The class list is empty: add at least one class (e.g. type "
                 "'person, car, road' and press Set)."
             )
-        return normalize_classes(items)
+        prompts = normalize_classes(items)
+        if self.background_words:
+            from napari_cass.engine._prompts import with_background
+
+            # A background word that is also a class (or one of its words) would tie with
+            # it: refused with the word and what to do (the engine itself accepts it, for
+            # the benchmark lists that reuse words, e.g. COCO-Object's "bed").
+            with_background(prompts, self.background_words)
+        return prompts
 
     def background(self) -> list[str] | None:
         """The background words for the engine, or None for no background class."""

@@ -12,11 +12,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._server_panel import SERVER_DEVICE, ServerPanel
+
 __all__ = ["CLIP_BACKBONES", "DEVICES", "SHORTCUTS", "VFM_BACKBONES", "ModelPanel", "RunPanel"]
 
 CLIP_BACKBONES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
 VFM_BACKBONES = ("dino_vitb8", "dino_vits8", "dino_vitb16")
-DEVICES = ("auto", "cuda", "mps", "cpu")
+DEVICES = ("auto", "cuda", "mps", "cpu", SERVER_DEVICE)
 #: Viewer shortcuts: none is bound by napari 0.9 (Shift+P / Shift+L are Shapes tools).
 SHORTCUTS = {
     "segment": "Shift-S",
@@ -48,7 +50,13 @@ class ModelPanel(QWidget):
         self.vfm_combo.addItems(list(VFM_BACKBONES))
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setToolTip(f"Where to run: this machine, or '{SERVER_DEVICE}' for a "
+                                     "'napari-cass serve' server (e.g. a GPU shared by a team).")
         self.device_label = QLabel("running on: (not loaded yet)")
+        self.server = ServerPanel()
+        self.server.setVisible(False)
+        self.device_combo.currentTextChanged.connect(
+            lambda text: self.server.setVisible(text == SERVER_DEVICE))
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Method:", self.method_combo)
@@ -57,6 +65,12 @@ class ModelPanel(QWidget):
         form.addRow("VFM:", self.vfm_combo)
         form.addRow("Device:", self.device_combo)
         form.addRow("", self.device_label)
+        form.addRow(self.server)
+
+    @property
+    def uses_server(self) -> bool:
+        """True when "server…" is the device: runs go to :attr:`server`'s URL."""
+        return self.device_combo.currentText() == SERVER_DEVICE
 
     def key(self) -> tuple[str, str, str, str, str]:
         """``(clip, vfm, method, preset, device)``."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WidgetSettings", "load_settings", "save_settings", "settings_path"]
+__all__ = ["WidgetSettings", "load_settings", "private_file", "save_settings", "settings_path"]
 
 _FILE_NAME = "widget.json"
 _PREFERENCE_KEYS = ("method", "preset", "clip", "vfm", "device")
@@ -39,6 +39,10 @@ class WidgetSettings:
     background: str = ""
     stack_mode: str = "choose for stacks…"
     show_confidence: bool = False
+    #: The "server…" device: URL, token file path, and a pasted token (see :func:`save_settings`).
+    server_url: str = ""
+    server_token_file: str = ""
+    server_token: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WidgetSettings:
@@ -85,14 +89,33 @@ def load_settings(use_preferences: bool = True) -> WidgetSettings:
     return WidgetSettings.from_dict(_napari_preferences() if use_preferences else {})
 
 
+def private_file(path: Path) -> bool:
+    """True when ``path`` exists and only its owner may read it (POSIX mode ``0600`` or less).
+
+    Elsewhere (Windows) this cannot be checked cheaply, so it is False.
+    """
+    try:
+        return os.name == "posix" and path.is_file() and path.stat().st_mode & 0o077 == 0
+    except OSError:
+        return False
+
+
 def save_settings(settings: WidgetSettings) -> Path | None:
-    """Write the choices atomically; failures are ignored (remembering is a convenience)."""
+    """Write the choices atomically; failures are ignored (remembering is a convenience).
+
+    A pasted server token is written only into a settings file that its owner alone can
+    read (``chmod 600 widget.json``); otherwise it is left out (the widget keeps it for
+    the session). A token file is remembered by its path, never by its content.
+    """
     from .io import atomic_write
 
     path = settings_path()
+    data = asdict(settings)
+    if data["server_token_file"] or not private_file(path):
+        data["server_token"] = ""
     try:
         with atomic_write(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
+            tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     except OSError:
         return None
     return path

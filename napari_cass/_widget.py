@@ -3,6 +3,7 @@
 * :mod:`._inputs_panel` / :mod:`._layer_inputs`: which image, slices, region;
 * :mod:`._class_table`: the class list (class ids survive reordering);
 * :mod:`._run_panel` / :mod:`._run_controller`: model choice, worker, progress, cancel;
+* :mod:`._server_panel`: the "server…" device (a remote ``napari-cass serve``);
 * :mod:`._label_sync` / :mod:`._label_state`: labels layers, manual edits, run undo;
 * :mod:`._export_panel`, :mod:`._batch_controller`: export and batch mode;
 * :mod:`._error_panel`: the bounded status / error area.
@@ -88,8 +89,10 @@ class CassWidget(QWidget):
         self._ctx: RunContext | None = None
 
         self.sync = LabelSync(napari_viewer)
-        self.runner = RunController(lambda: self.segmenter_factory, self)
+        self._run_factory: Callable[..., Any] | None = None  # chosen when a run starts
+        self.runner = RunController(lambda: self._run_factory or self.segmenter_factory, self)
         self._build_ui()
+        self.model.server.say = self._say
         self.batch = BatchController(
             napari_viewer, self.sync, self.batch_panel, table=self.class_table,
             select_image=self.select_image, segment=self.segment,
@@ -250,6 +253,8 @@ class CassWidget(QWidget):
         try:
             classes = self.class_table.label_classes()
             prompts = classes.prompts()
+            # "server…": a RemoteSegmenter built in the worker, else the injectable factory
+            factory = self.model.server.factory() if self.model.uses_server else self.segmenter_factory
             leading, images = image_slices(layer, self.stack_combo.currentText(), self.viewer.dims.point)
             region = bbox = None
             shapes = self.sync.layer(self.region_combo.currentText(), Shapes)
@@ -262,6 +267,7 @@ class CassWidget(QWidget):
             self._say("error", str(err))
             return False
         save_settings(self.current_settings())
+        self._run_factory = factory
         key = self.model.key()
         self._ctx = RunContext(
             image_name=layer.name, leading=leading, region=region, bbox=bbox, classes=classes,

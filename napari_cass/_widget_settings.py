@@ -25,6 +25,11 @@ def apply_settings(widget: Any, s: WidgetSettings) -> None:
         if idx >= 0:
             combo.setCurrentIndex(idx)
     widget.confidence_check.setChecked(s.show_confidence)
+    server = widget.model.server
+    server.url_edit.setText(s.server_url)
+    server.token_file_edit.setText(s.server_token_file)
+    if s.server_token and not server.token_edit.text():  # this session's token wins
+        server.token_edit.setText(s.server_token)
     widget.class_table.background_edit.setText(s.background)
     rows = [r for r in s.class_rows if isinstance(r, list) and r and all(isinstance(w, str) for w in r)]
     if rows:  # one row per class: a class with synonyms stays one class
@@ -46,4 +51,7 @@ def settings_of(widget: Any) -> WidgetSettings:
         background=widget.class_table.background_edit.text(),
         stack_mode=widget.stack_combo.currentText(),
         show_confidence=widget.confidence_check.isChecked(),
+        server_url=widget.model.server.url_edit.text().strip(),
+        server_token_file=widget.model.server.token_file_edit.text().strip(),
+        server_token=widget.model.server.token_edit.text().strip(),  # saved only if private
     )

@@ -10,14 +10,16 @@ engine polls between crops (-> ``SegmentationCancelled``).
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Sequence
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["SegmentJob", "ProgressRelay", "run_job", "friendly_error"]
+__all__ = ["JobFailed", "ProgressRelay", "SegmentJob", "friendly_error", "run_job"]
 
 
 class ProgressRelay(QObject):
@@ -38,12 +40,35 @@ class SegmentJob:
     report: Callable[[float, str], None] | None = None
 
 
+class JobFailed(Exception):
+    """A ``RuntimeError`` of the job, carried out of the worker thread as another type.
+
+    superqt's ``GeneratorWorker`` takes a ``RuntimeError`` raised by the generator for
+    a deleted worker and emits neither ``errored`` nor ``finished``: the run would look
+    busy forever. Torch errors and :class:`~napari_cass.server.RemoteSegmenterError`
+    (a server that is down) are RuntimeErrors, so :func:`run_job` wraps them;
+    :func:`friendly_error` unwraps. ``error`` is the original exception.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def run_job(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
     """Build (or reuse) the segmenter, then segment every image of the job.
 
     Yields ``("device", name)`` once, then ``("slice", done, total)``; returns the
-    list of :class:`~napari_cass.engine.SegmentationResult`.
+    list of :class:`~napari_cass.engine.SegmentationResult`. A ``RuntimeError``
+    leaves as :class:`JobFailed` (see there).
     """
+    try:
+        return (yield from _run(job))
+    except RuntimeError as err:
+        raise JobFailed(err) from err
+
+
+def _run(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
     from napari_cass.engine import SegmentationCancelled
 
     def report(fraction: float, message: str) -> None:
@@ -76,21 +101,40 @@ def run_job(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
 def friendly_error(err: BaseException) -> tuple[str, bool]:
     """The message to show for an error, and whether it is an expected one.
 
-    Expected errors (bad input, missing weights, cancel, out of GPU memory) get
-    the engine's own message and no traceback.
+    Expected errors (bad input, a path that is a folder or is not one, missing
+    weights, cancel, out of GPU memory, a segmentation server that is down or
+    refuses) get their own message and no traceback.
     """
     from napari_cass.engine import SegmentationCancelled
 
+    if isinstance(err, JobFailed):
+        err = err.error
     if isinstance(err, SegmentationCancelled):
         return "Segmentation cancelled: the layers are unchanged.", True
     if _is_oom(err):
-        return (
-            "Out of GPU memory while segmenting. Try a smaller image (or crop it), a smaller "
-            "backbone, or choose 'cpu' as the device.", True,
-        )
-    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
+        return ("Out of GPU memory while segmenting. Try a smaller image (or crop it), a smaller "
+                "backbone, or choose 'cpu' as the device."), True
+    if isinstance(err, (IsADirectoryError, NotADirectoryError)) and err.filename:
+        what = ("is a folder where a file was expected: give the file's path" if isinstance(
+            err, IsADirectoryError) else "goes through a file as if it were a folder: check the path")
+        return f"{err.filename} {what}.", True
+    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+                        IsADirectoryError, NotADirectoryError)):
+        return str(err), True
+    if _is_server_error(err):  # its message says what to do (start the server, fix the token, ...)
         return str(err), True
     return f"Segmentation failed ({type(err).__name__}): {err}", False
+
+
+def _is_server_error(err: BaseException) -> bool:
+    """A :class:`~napari_cass.server.RemoteSegmenterError` or ``TokenError`` (the "server…" device).
+
+    Only looked up when the server client was imported: a local run never imports it.
+    """
+    server = sys.modules.get("napari_cass.server")
+    if server is None:
+        return False
+    return isinstance(err, (server.RemoteSegmenterError, server.TokenError))
 
 
 def _is_oom(err: BaseException) -> bool:
