@@ -49,6 +49,16 @@ def _accepts_progress(factory: Callable[..., Any]) -> bool:
     return "progress" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _close(segmenter: Any) -> None:
+    """Release what a segmenter holds open, if it can (a ``RemoteSegmenter``'s connections)."""
+    close = getattr(segmenter, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - releasing is best effort
+            _log.debug("closing the previous segmenter failed", exc_info=True)
+
+
 class RunController(QObject):
     """Runs jobs in a napari thread worker (or synchronously) and reports back.
 
@@ -116,6 +126,7 @@ class RunController(QObject):
                 self._relay.progressed.emit(float(done) / max(float(total), 1.0) * 0.5, message)
 
             kwargs["progress"] = progress
+        _close(self.segmenter)  # a server client's connections (a local model has no close)
         self.segmenter = None
         self.segmenter = factory(**kwargs)
         self._segmenter_key = build_key
@@ -209,6 +220,8 @@ class RunController(QObject):
 
     def shutdown(self) -> None:
         """Cancel a running job and wait briefly for its thread (dock closing)."""
+        if not self._running:
+            _close(self.segmenter)
         self.cancel()
         worker = self._worker
         if worker is not None:

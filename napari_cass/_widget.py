@@ -74,7 +74,9 @@ class CassWidget(QWidget):
         ``factory(clip=, vfm=, method=, preset=, device=[, progress=]) -> Segmenter``.
         The public attribute of the same name may be replaced at any time: the
         documented way to use your own weights, or tiny models in tests.
-        Default: :func:`default_segmenter_factory` (pretrained weights).
+        Default: :func:`default_segmenter_factory` (pretrained weights). While the
+        device is "server…", runs use a :class:`napari_cass.server.RemoteSegmenter`
+        for the Model section's URL instead (see :mod:`._server_panel`).
     """
 
     def __init__(self, napari_viewer: Any, segmenter_factory: Callable[..., Any] | None = None) -> None:
