@@ -122,6 +122,35 @@ def test_server_run_equals_local_run_then_server_down(qtbot, plugin: CassWidget,
     assert any("Cannot reach" in m for m in notes["error"])
 
 
+def test_server_with_a_token(qtbot, plugin: CassWidget, rgb_image, tiny_model_set, tmp_path) -> None:
+    from napari_cass.engine import Segmenter, get_preset
+    from napari_cass.server import BackgroundServer, create_app
+
+    token = "t0ken-for-the-widget-test-0123456789"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    os.chmod(token_file, 0o600)
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    small = get_preset("interactive").with_(short_side=112, mode="whole")
+    seg = Segmenter.from_models(*tiny_model_set, preset=small, device="cpu")
+    with BackgroundServer(create_app(seg, token=token)) as server:
+        choose_server(qtbot, plugin, server.url)
+        click(qtbot, plugin.model.server.test_btn)  # no token: refused, and it says why
+        qtbot.waitUntil(lambda: not plugin.model.server.testing, timeout=15_000)
+        assert plugin.errors.message.startswith("Connection failed: ") and "HTTP 401" in plugin.errors.message
+        run(qtbot, plugin, timeout=15_000)
+        assert "refused the request (HTTP 401)" in plugin.errors.message
+        assert plugin.labels_layer_for("pic") is None
+
+        qtbot.keyClicks(plugin.model.server.token_file_edit, str(token_file))
+        click(qtbot, plugin.model.server.test_btn)
+        qtbot.waitUntil(lambda: plugin.status_label.text().startswith("Connected"), timeout=15_000)
+        run(qtbot, plugin)
+        assert not plugin.errors.is_error, plugin.errors.message
+        assert plugin.labels_layer_for("pic") is not None
+
+
 def test_server_that_never_answers_cancel_and_timeout(qtbot, plugin: CassWidget, rgb_image) -> None:
     """A server that accepts connections but never replies: the UI never waits on it."""
     viewer = plugin.viewer
