@@ -277,6 +277,8 @@ class CassWidget(QWidget):
             confidence=self.confidence_check.isChecked(),
             settings=dict(zip(("clip", "vfm", "method", "preset", "device"), key)),
         )
+        if self.model.uses_server:  # which server made these labels
+            self._ctx.settings["server"] = factory.url
         self.runner.start(images, prompts, classes.background(), key)
         return True
 

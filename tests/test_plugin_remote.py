@@ -83,6 +83,8 @@ def test_server_run_equals_local_run_then_server_down(qtbot, plugin: CassWidget,
         assert "round_trip" in plugin.last_run["timings"]  # the client's own timing: it went remote
         assert tiny_factory.calls == []  # no local model was built
         remote = np.array(plugin.labels_layer_for("remote").data)
+        meta = plugin.labels_layer_for("remote").metadata["napari_cass"]
+        assert meta["device"] == SERVER_DEVICE and meta["server"] == server.url
 
         set_classes(qtbot, plugin, "cat, dog | puppy, grass, road")  # prompt edit: features re-used
         run(qtbot, plugin)
