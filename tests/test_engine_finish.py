@@ -34,8 +34,11 @@ SCALE = 40.0
 
 
 def full_path_float64(logits: torch.Tensor, size, groups, prob_thd: float = 0.0):
-    """The former full-array path, in float64: ``(probs (C, H, W), labels, confidence)``."""
-    full = F.interpolate(logits.double()[None], size=size, mode="bilinear", align_corners=False)[0]
+    """The former full-array path, in float64: ``(probs (C, H, W), labels, confidence)``.
+
+    ``logits`` is ``(h, w, Q)``, as the engine passes them.
+    """
+    full = F.interpolate(logits.permute(2, 0, 1).double()[None], size=size, mode="bilinear", align_corners=False)[0]
     soft = (full * SCALE).softmax(dim=0)
     probs = torch.stack([soft[a:b].amax(dim=0) for a, b in groups])
     best, lab = probs.max(dim=0)
@@ -62,12 +65,12 @@ def assert_matches_full_path(out, ref_probs, ref_labels, ref_best, prob_thd=0.0,
         assert np.abs(out.probabilities - ref_probs[:, ::stride, ::stride]).max() <= TOL
 
 
-@pytest.mark.parametrize("band_elements", [None, 5 * 211 * 3, 1])
+@pytest.mark.parametrize("band_elements", [None, (2 * 5 + 6) * 211 * 3, 1])  # all rows, 3 rows, 1 row
 @pytest.mark.parametrize("prob_thd", [0.0, 0.6])
 def test_banded_equals_the_full_path(band_elements, prob_thd):
     """Random logits in [-1, 1]: any band height (1 row, 3 rows, all) gives the full path's result."""
     gen = torch.Generator().manual_seed(3)
-    logits = torch.rand(5, 23, 31, generator=gen) * 2 - 1
+    logits = torch.rand(23, 31, 5, generator=gen) * 2 - 1
     groups = query_groups([2, 1, 2])
     size = (157, 211)
     out = finish_logits(logits, size, groups, logit_scale=SCALE, prob_thd=prob_thd, band_elements=band_elements)
@@ -81,13 +84,13 @@ def test_banded_equals_the_full_path(band_elements, prob_thd):
 
 def test_probabilities_on_request_and_subsampled():
     gen = torch.Generator().manual_seed(4)
-    logits = torch.rand(4, 17, 19, generator=gen) * 2 - 1
+    logits = torch.rand(17, 19, 4, generator=gen) * 2 - 1
     groups = query_groups([1, 3])
     ref = full_path_float64(logits, (100, 90), groups)
     for stride in (1, 3, 7):
         out = finish_logits(
             logits, (100, 90), groups, logit_scale=SCALE, return_probabilities=True,
-            probability_stride=stride, band_elements=4 * 90 * 4,  # bands of 4 rows, not multiples of 3 or 7
+            probability_stride=stride, band_elements=(2 * 4 + 6) * 90 * 4,  # bands of 4 rows, not multiples of 3 or 7
         )
         assert out.probabilities.shape == (2, -(-100 // stride), -(-90 // stride))
         assert_matches_full_path(out, *ref, stride=stride)
@@ -96,11 +99,11 @@ def test_probabilities_on_request_and_subsampled():
 
 
 def test_non_finite_logits_are_refused_not_returned():
-    logits = torch.zeros(2, 4, 4)
-    logits[1, 2, 3] = float("nan")
+    logits = torch.zeros(4, 4, 2)
+    logits[2, 3, 1] = float("nan")
     with pytest.raises(FloatingPointError, match="1 non-finite.*please report"):
         finish_logits(logits, (8, 8), query_groups([1, 1]), logit_scale=SCALE)
-    logits[1, 2, 3] = float("inf")
+    logits[2, 3, 1] = float("inf")
     with pytest.raises(FloatingPointError):
         finish_logits(logits, (8, 8), query_groups([1, 1]), logit_scale=SCALE)
 
@@ -120,7 +123,7 @@ def test_engine_result_equals_the_full_path_on_tiny_models(models, monkeypatch):
         return real(logits, size, groups, **kw)
 
     monkeypatch.setattr(segmenter_mod, "finish_logits", spy)
-    monkeypatch.setattr(finish_mod, "BAND_ELEMENTS", 6 * 260 * 5)  # 5-row bands: many bands
+    monkeypatch.setattr(finish_mod, "BAND_ELEMENTS", (2 * 7 + 6) * 260 * 5)  # 7 queries, 5-row bands
     image = (np.random.default_rng(5).random((180, 260, 3)) * 255).astype(np.uint8)
     seg = Segmenter.from_models(*models, device="cpu")
     res = seg.segment(image, ["cat", ["car", "automobile", "truck"], "road", ["sky", "cloud"]])
@@ -130,7 +133,7 @@ def test_engine_result_equals_the_full_path_on_tiny_models(models, monkeypatch):
     ref = full_path_float64(logits, size, groups)
     assert_matches_full_path(res, *ref)
     # the same with the default band size (one band for this image) and probabilities
-    monkeypatch.setattr(finish_mod, "BAND_ELEMENTS", 4_000_000)
+    monkeypatch.setattr(finish_mod, "BAND_ELEMENTS", (2 * 7 + 6) * 260 * 180)
     full = seg.segment(image, ["cat", ["car", "automobile", "truck"], "road", ["sky", "cloud"]], return_probabilities=True)
     assert_matches_full_path(full, *ref)
     assert np.abs(full.confidence - res.confidence).max() <= 2 * TOL

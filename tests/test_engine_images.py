@@ -33,7 +33,7 @@ def spy_finish(monkeypatch):
     real = segmenter_mod.finish_logits
 
     def spy(logits, size, groups, **kw):
-        seen.append(tuple(logits.shape[1:]))
+        seen.append(tuple(logits.shape[:2]))  # (h, w, Q)
         return real(logits, size, groups, **kw)
 
     monkeypatch.setattr(segmenter_mod, "finish_logits", spy)

@@ -9,7 +9,8 @@ Bound, derived: the image is resized to 336 x 448 (short side 336), so one query
 logits there are 336 x 448 x 4 B = 0.60 MB. At most three such planes per query are
 alive at once (the merged canvas, one window's resized logits, the finite check),
 so 58 extra queries add <= 58 x 3 x 0.60 = 105 MB; plus 2 bands
-(2 x BAND_ELEMENTS x 4 B = 32 MB) for allocator slack between the two runs.
+(2 x BAND_ELEMENTS x 4 B = 16 MB: a band's budget counts all its buffers, whatever the
+class count) for allocator slack between the two runs.
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_cass.engine._image import resized_size
-from napari_cass.engine._windows import bilinear_taps, resize_rows_band, window_coords
+from napari_cass.engine._windows import (
+    bilinear_taps,
+    resize_rows_band,
+    resize_rows_band_channels_last,
+    window_coords,
+)
 
 
 def test_windows_cover_the_image_with_edge_windows_moved_back():
@@ -41,6 +46,8 @@ def test_banded_resize_equals_interpolate(shape, out):
     assert torch.allclose(full, ref, atol=1e-5)
     band = resize_rows_band(x, tuple(t[2:5] for t in rows), cols)
     assert torch.allclose(band, ref[:, 2:5], atol=1e-5)
+    last = resize_rows_band_channels_last(x.permute(1, 2, 0).contiguous(), tuple(t[2:5] for t in rows), cols)
+    assert torch.equal(last.permute(2, 0, 1), band)  # same taps, same arithmetic
 
 
 def test_merge_windows_averages_overlaps_on_the_canvas():
@@ -49,7 +56,7 @@ def test_merge_windows_averages_overlaps_on_the_canvas():
     gen = torch.Generator().manual_seed(0)
     wins = window_coords(20, 30, 16, 8)  # 2 x 3 windows of 16 x 16, overlapping
     logits = torch.rand(len(wins), 2, 4, 4, generator=gen)
-    out = merge_windows(logits, wins, (20, 30))
+    out = merge_windows(logits, wins, (20, 30)).permute(2, 0, 1)  # returned channels last
     total = torch.zeros(2, 20, 30, dtype=torch.float64)
     count = torch.zeros(20, 30, dtype=torch.float64)
     for (y1, y2, x1, x2), lg in zip(wins, logits):
@@ -59,4 +66,5 @@ def test_merge_windows_averages_overlaps_on_the_canvas():
     # float32 sums of <= 6 values in [0, 1], then a division: a few ulps of 6
     assert torch.allclose(out.double(), total / count, atol=8 * 6 * 2.0**-24, rtol=0)
     whole = merge_windows(logits[:1], [(0, 20, 0, 30)], (20, 30))
-    assert torch.equal(whole, F.interpolate(logits[:1], size=(20, 30), mode="bilinear")[0])
+    assert whole.shape == (20, 30, 2) and whole.is_contiguous()
+    assert torch.equal(whole.permute(2, 0, 1), F.interpolate(logits[:1], size=(20, 30), mode="bilinear")[0])

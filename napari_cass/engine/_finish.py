@@ -1,6 +1,6 @@
 """From merged low-resolution logits to labels and confidence, in bands of rows (spec 1, step 6).
 
-The last step of the pipeline resizes the logits ``(Q, h, w)`` of the resized image to
+The last step of the pipeline resizes the logits ``(h, w, Q)`` of the resized image to
 the original ``H x W``, multiplies by the logit scale, takes the softmax over queries,
 the max over each class's synonyms and the argmax. Done at once, it materialises
 ``(classes, H, W)`` floats: 90 MB per class for a 6000 x 4000 image. The labels and the
@@ -23,12 +23,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._windows import bilinear_taps, resize_rows_band
+from ._windows import bilinear_taps, resize_rows_band_channels_last
 
 __all__ = ["BAND_ELEMENTS", "Finished", "finish_logits", "query_groups"]
 
-#: Floats of one band of resized logits ``(Q, rows, W)``; a band holds at least one row.
-BAND_ELEMENTS = 4_000_000
+#: Floats (4 bytes each) a band may use: its resized logits ``(Q, rows, W)`` and one
+#: temporary of that size, plus per-pixel indices and sums (counted as 6 floats a
+#: pixel). A band holds at least one row. 2M floats: 8 MB.
+BAND_ELEMENTS = 2_000_000
+_PER_PIXEL_FLOATS = 6
 
 
 @dataclass
@@ -65,7 +68,8 @@ def finish_logits(
     Parameters
     ----------
     logits : torch.Tensor
-        ``(Q, h, w)`` merged patch-query logits on the resized image (unscaled).
+        ``(h, w, Q)`` merged patch-query logits on the resized image (unscaled,
+        channels last so that the reductions over queries run on contiguous memory).
     size : (int, int)
         The original ``(H, W)``.
     groups : list of (int, int)
@@ -98,15 +102,15 @@ def finish_logits(
     stride = int(probability_stride)
     if stride < 1:
         raise ValueError(f"probability_stride must be a positive integer, got {probability_stride!r}.")
-    q, h, w = logits.shape
+    h, w, q = logits.shape
     h0, w0 = (int(s) for s in size)
     if groups[-1][1] != q:
         raise ValueError(f"The class groups cover {groups[-1][1]} queries but there are {q} logits.")
     device = logits.device
     budget = int(band_elements or BAND_ELEMENTS)
-    band = max(1, min(h0, budget // max(1, q * w0)))
+    band = max(1, min(h0, budget // ((2 * q + _PER_PIXEL_FLOATS) * w0)))
     query_class = torch.cat(
-        [torch.full((b - a,), i, dtype=torch.int64) for i, (a, b) in enumerate(groups)]
+        [torch.full((b - a,), i, dtype=torch.int32) for i, (a, b) in enumerate(groups)]
     ).to(device)
     labels = np.empty((h0, w0), np.int32)
     confidence = np.empty((h0, w0), np.float32)
@@ -117,22 +121,25 @@ def finish_logits(
     cols = bilinear_taps(w0, w, device)
     for r0 in range(0, h0, band):
         r1 = min(h0, r0 + band)
-        z = resize_rows_band(logits, tuple(t[r0:r1] for t in rows_all), cols)  # (Q, b, W)
+        z = resize_rows_band_channels_last(logits, tuple(t[r0:r1] for t in rows_all), cols)  # (b, W, Q)
         z.mul_(logit_scale)
-        top, best_query = z.max(dim=0)
-        z.sub_(top).exp_()
-        total = z.sum(dim=0)
+        top, best_query = z.max(dim=-1)
+        z.sub_(top[..., None]).exp_()
+        total = z.sum(dim=-1)
         best = total.reciprocal()
-        lab = query_class[best_query]
+        lab = query_class[best_query]  # int32
+        del top, best_query
         if prob_thd > 0:
-            lab = torch.where(best < prob_thd, torch.zeros_like(lab), lab)
-        labels[r0:r1] = lab.to(torch.int32).cpu().numpy()
-        confidence[r0:r1] = best.float().cpu().numpy()
+            lab.masked_fill_(best < prob_thd, 0)
+        labels[r0:r1] = lab.cpu().numpy()
+        confidence[r0:r1] = best.cpu().numpy()
         if probs is not None:
             keep = torch.arange(r0, r1, device=device)
             keep = keep[keep % stride == 0] - r0
             if keep.numel():
-                soft = z[:, keep, ::stride] / total[keep, ::stride]
-                cls = torch.stack([soft[a:b].amax(dim=0) for a, b in groups])
-                probs[:, (r0 + int(keep[0])) // stride : (r0 + int(keep[-1])) // stride + 1] = cls.cpu().numpy()
+                soft = z[keep, ::stride] / total[keep, ::stride, None]  # (k, W', Q)
+                index = query_class.long().expand_as(soft)
+                cls = soft.new_zeros(*soft.shape[:2], len(groups)).scatter_reduce_(-1, index, soft, reduce="amax")
+                first = (r0 + int(keep[0])) // stride
+                probs[:, first : first + keep.numel()] = cls.permute(2, 0, 1).cpu().numpy()
     return Finished(labels=labels, confidence=confidence, probabilities=probs)

@@ -43,7 +43,7 @@ def merged_logits(
     prior_from_crop: bool = False,
     probe=None,
 ) -> torch.Tensor:
-    """Merged patch-query logits ``(Q, h, w)`` on the resized image (unscaled).
+    """Merged patch-query logits ``(h, w, Q)`` on the resized image (unscaled, channels last).
 
     ``beta`` weighs the presence prior (Eq. 9, 0 switches it off), ``alpha`` the text
     adjustment (Eq. 8, 0 switches it off). Windows are merged on the padded image and
@@ -65,4 +65,4 @@ def merged_logits(
         probe.put(prior=prior, clusters=clusters, text=text, adjusted=adjusted, patch_logits=patch_logits)
     h, w = vision.resized
     merged = merge_windows(patch_logits, vision.windows, vision.padded)
-    return merged if tuple(vision.padded) == (h, w) else merged[:, :h, :w].contiguous()
+    return merged if tuple(vision.padded) == (h, w) else merged[:h, :w].contiguous()

@@ -419,7 +419,7 @@ class Segmenter:
         return self._clusters[key]
 
     def _logits(self, vision: VisionFeatures, text: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
-        """Merged patch-query logits ``(Q, h, w)`` on the resized image (Eqs. 8-9, windows)."""
+        """Merged patch-query logits ``(h, w, Q)`` on the resized image (Eqs. 8-9, windows)."""
         p = self.preset
         return merged_logits(
             vision, text, clusters, beta=p.beta if self.presence_prior else 0.0,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["window_coords", "bilinear_taps", "resize_rows_band", "resize_bilinear", "merge_windows"]
+__all__ = [
+    "window_coords", "bilinear_taps", "resize_rows_band", "resize_rows_band_channels_last", "resize_bilinear",
+    "merge_windows",
+]
 
 
 def window_coords(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -61,17 +64,31 @@ def merge_windows(
     """Average the logits of overlapping windows on a canvas of ``size``.
 
     ``window_logits`` is ``(n_windows, Q, gh, gw)`` on each window's patch grid; each is
-    resized bilinearly to its window before the average. Returns ``(Q, H, W)``.
+    resized bilinearly to its window before the average. Returns ``(H, W, Q)``
+    (channels last: the final step reduces over the queries of each pixel, which is
+    several times faster on contiguous memory).
     """
     if len(windows) == 1 and tuple(windows[0]) == (0, size[0], 0, size[1]):
-        return resize_bilinear(window_logits[0], tuple(size))
+        return resize_bilinear(window_logits[0], tuple(size)).permute(1, 2, 0).contiguous()
     q = window_logits.shape[1]
-    canvas = torch.zeros(q, *size, device=window_logits.device, dtype=window_logits.dtype)
-    count = torch.zeros(1, *size, device=window_logits.device, dtype=window_logits.dtype)
+    canvas = torch.zeros(*size, q, device=window_logits.device, dtype=window_logits.dtype)
+    count = torch.zeros(*size, 1, device=window_logits.device, dtype=window_logits.dtype)
     for (y1, y2, x1, x2), logit in zip(windows, window_logits):
-        canvas[:, y1:y2, x1:x2] += resize_bilinear(logit, (y2 - y1, x2 - x1))
-        count[:, y1:y2, x1:x2] += 1
+        canvas[y1:y2, x1:x2] += resize_bilinear(logit, (y2 - y1, x2 - x1)).permute(1, 2, 0)
+        count[y1:y2, x1:x2] += 1
     return canvas.div_(count)
+
+
+def resize_rows_band_channels_last(x: torch.Tensor, rows, cols) -> torch.Tensor:
+    """Bilinear resize of ``(h, w, C)`` for a band of output rows: ``(band, W, C)``.
+
+    :func:`resize_rows_band` for channels-last data (same taps, same arithmetic).
+    """
+    r0, r1, rl = rows
+    c0, c1, cl = cols
+    t = x[r0] * (1 - rl)[:, None, None] + x[r1] * rl[:, None, None]
+    out = t[:, c0].mul_((1 - cl)[:, None])  # in place: two band-sized buffers at a time, not four
+    return out.add_(t[:, c1].mul_(cl[:, None]))
 
 
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
