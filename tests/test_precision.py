@@ -110,3 +110,15 @@ def test_engine_forces_fp32_under_reference_quirks_and_on_request(monkeypatch):
     assert np.array_equal(run(amp=False), fp32)  # amp=False: float32 whatever the setting
     quirks_fp32 = run(reference_quirks=True, amp=False)
     assert np.array_equal(run(reference_quirks=True), quirks_fp32)  # reference_quirks: never autocast
+
+
+def test_one_crop_per_pass_is_never_probed(monkeypatch):
+    """At the CPU default (one crop per pass) bfloat16 gains nothing: no probe, no first-run cost."""
+    from napari_cass.engine import _precision
+
+    monkeypatch.delenv(_precision.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(_precision, "cpu_has_native_bf16", lambda: True)
+    calls = []
+    model = torch.nn.Linear(3, 3)
+    choice = _precision.choose_cpu_precision("vfm-test-batch1", calls.append, model, batch=1)
+    assert choice.dtype is None and calls == [] and "crop(s) per pass" in choice.reason
