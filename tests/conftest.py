@@ -11,8 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import os
+
 import numpy as np
 import pytest
+
+# Full-size random models in tests run in float32, never by a timing probe's choice (which
+# would depend on the machine's load); tests/test_precision.py checks the probe itself.
+os.environ.setdefault("NAPARI_CASS_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)
