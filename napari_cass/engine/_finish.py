@@ -5,8 +5,9 @@ the original ``H x W``, multiplies by the logit scale, takes the softmax over qu
 the max over each class's synonyms and the argmax. Done at once, it materialises
 ``(classes, H, W)`` floats: 90 MB per class for a 6000 x 4000 image. The labels and the
 winning probability need none of that: this module evaluates the resize a band of
-output rows at a time, so the memory beyond the ``(H, W)`` outputs is bounded by
-``band_elements`` floats whatever the number of classes.
+output rows at a time, so the memory beyond the ``(H, W)`` outputs and the low-resolution
+logits is bounded by ``band_elements`` floats whatever the number of classes (a band
+holds at least one row: ``2 Q W`` floats with very many classes).
 
 Per pixel, with ``z`` the scaled logits and ``m = max_q z_q``: the winning class is the
 class of the first query reaching ``m`` (the same as the argmax over classes of the
@@ -27,7 +28,7 @@ from ._windows import bilinear_taps, resize_rows_band_channels_last
 
 __all__ = ["BAND_ELEMENTS", "Finished", "finish_logits", "query_groups"]
 
-#: Floats (4 bytes each) a band may use: its resized logits ``(Q, rows, W)`` and one
+#: Floats (4 bytes each) a band may use: its resized logits ``(rows, W, Q)`` and one
 #: temporary of that size, plus per-pixel indices and sums (counted as 6 floats a
 #: pixel). A band holds at least one row. 2M floats: 8 MB.
 BAND_ELEMENTS = 2_000_000
