@@ -93,7 +93,7 @@ class LabelClasses:
             )
         prompts = normalize_classes(items)
         if self.background_words:
-            from napari_cass.engine._prompts import with_background
+            from napari_cass.engine import with_background
 
             # A background word that is also a class (or one of its words) would tie with
             # it: refused with the word and what to do (the engine itself accepts it, for

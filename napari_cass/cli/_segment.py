@@ -142,7 +142,7 @@ def run_description(args: argparse.Namespace, segmenter: Any) -> dict[str, Any]:
 def _class_prompts(args: argparse.Namespace) -> list[Any]:
     """The classes in engine order, background first if any; every check done here."""
     from ..engine import load_class_file, normalize_classes
-    from ..engine._prompts import with_background
+    from ..engine import with_background
 
     if args.classes_file is not None:
         if not args.classes_file.exists():

@@ -12,6 +12,7 @@ from ._prompts import (
     load_class_file,
     normalize_classes,
     parse_classes,
+    with_background,
 )
 from ._result import SegmentationCancelled, SegmentationResult
 from ._methods import METHODS
@@ -48,4 +49,5 @@ __all__ = [
     "cache_dir",
     "import_weights",
     "weights_status",
+    "with_background",
 ]
