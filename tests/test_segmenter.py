@@ -45,7 +45,11 @@ def test_result_shapes_and_probabilities(models, image):
     assert res.probabilities.shape == (3, 180, 260) and res.probabilities.dtype == np.float32
     assert res.class_names == ["cat", "car", "road"]
     assert not res.has_background
-    assert np.array_equal(res.labels, res.probabilities.argmax(0))
+    # each label is a winning class; exact argmax equality would sit on float ties (two
+    # logits a few ulps apart can give equal probabilities after exp), so allow rounding
+    top = np.take_along_axis(res.probabilities, res.labels[None].astype(np.intp), 0)[0]
+    assert np.all(top >= res.probabilities.max(0) - 4e-7)
+    assert (res.labels == res.probabilities.argmax(0)).mean() > 0.999
     # max over synonyms after the softmax: class sums can exceed 1 only through synonyms
     assert np.all(res.probabilities <= 1 + 1e-6) and np.all(res.probabilities >= 0)
     assert res.confidence.shape == (180, 260) and res.confidence.dtype == np.float32
