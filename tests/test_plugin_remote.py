@@ -16,23 +16,15 @@ import time
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
 
 from napari_cass._server_panel import SERVER_DEVICE
 from napari_cass._widget import CassWidget
 
+from _gui_actions import click, set_classes
+
 WAIT = 120_000
 
 
-def click(qtbot, button) -> None:
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-
-
-def set_classes(qtbot, widget: CassWidget, text: str) -> None:
-    box = widget.class_table.text
-    box.clear()
-    qtbot.keyClicks(box, text)
-    click(qtbot, widget.class_table.set_btn)
 
 
 def run(qtbot, widget: CassWidget, timeout: int = WAIT) -> float:

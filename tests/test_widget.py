@@ -19,6 +19,8 @@ from qtpy.QtCore import Qt
 from napari_cass._classes import META_KEY
 from napari_cass._widget import SHORTCUTS, STACK_ALL, STACK_CURRENT, CassWidget
 
+from _gui_actions import click, set_classes
+
 WAIT = 120_000
 
 
@@ -28,16 +30,6 @@ def _labels(widget: CassWidget, image_name: str = "pic") -> Labels:
     return layer
 
 
-def click(qtbot, button) -> None:
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-
-
-def set_classes(qtbot, widget: CassWidget, text: str) -> None:
-    """Type into the quick-entry box and press Set, as a user does."""
-    box = widget.class_table.text
-    box.clear()
-    qtbot.keyClicks(box, text)
-    click(qtbot, widget.class_table.set_btn)
 
 
 def run(qtbot, widget: CassWidget) -> None:
