@@ -77,7 +77,7 @@ def test_colliding_and_unicode_names_get_distinct_outputs(tmp_path, models, caps
     sources = {name: (tmp_path / "in" / file).resolve() for name, file in [
         ("a", "a.jpg"), ("a_2", "a.png"), ("Café", "Café.png"), ("café_2", "café.png"),
         ("x", "x.png"), ("x_overlay_2", "x_overlay.png"), ("猫", "猫.png"), ("東京", "東京.png")]}
-    assert doc["images"] == {k: str(v) for k, v in sources.items()}
+    assert doc["images"] == {k: f"../in/{v.name}" for k, v in sources.items()}  # relative to out
     assert len(_visible(out)) == 1 + 2 * len(names)  # classes.json + mask and overlay of each
     for name, src in sources.items():
         h, w = names[src.name]

@@ -29,6 +29,8 @@ __all__ = [
     "check_writable_folder",
     "list_images",
     "plan_outputs",
+    "record_source",
+    "resolve_recorded",
 ]
 
 #: What an image's quick-look file name adds to its mask's stem.
@@ -78,8 +80,17 @@ class OutputPlan:
         return self.out_dir / CLASSES_FILE
 
     def names(self) -> dict[str, str]:
-        """``{output name: source path}`` for every planned image (run metadata)."""
-        return {item.name: str(item.source) for item in self.images}
+        """``{output name: source}`` for every planned image (run metadata, see :meth:`recorded`)."""
+        return {item.name: self.recorded(item.source) for item in self.images}
+
+    def recorded(self, source: str | os.PathLike[str]) -> str:
+        """How ``classes.json`` records a source: its path relative to the output folder.
+
+        Relative (``../photos/a.png``, ``/`` separators), so a folder that is shared does
+        not carry the absolute paths of someone's disk, and input and output folders moved
+        together still resume. Absolute only where no relative path exists (another drive).
+        """
+        return record_source(source, self.out_dir)
 
     def renamed(self) -> list[PlannedImage]:
         return [item for item in self.images if item.renamed]
@@ -130,13 +141,27 @@ def list_images(inputs: Iterable[str | os.PathLike[str]], recursive: bool = Fals
     return list(found.items())
 
 
+def record_source(source: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> str:
+    """``source`` relative to ``out_dir`` (both resolved), ``/``-separated; absolute if none exists."""
+    src = Path(source).expanduser().resolve()
+    try:
+        return Path(os.path.relpath(src, Path(out_dir).expanduser().resolve())).as_posix()
+    except ValueError:  # Windows: another drive
+        return str(src)
+
+
+def resolve_recorded(recorded: str, out_dir: str | os.PathLike[str]) -> str:
+    """The absolute source path of a ``classes.json`` record (relative to ``out_dir``, or absolute)."""
+    return os.path.normpath(os.path.join(Path(out_dir).expanduser().resolve(), recorded))
+
+
 def _previous_names(out_dir: Path) -> dict[str, str]:
-    """``{source: name}`` recorded by an earlier run in ``<out>/classes.json`` (if any)."""
+    """``{absolute source: name}`` recorded by an earlier run in ``<out>/classes.json`` (if any)."""
     try:
         doc = json.loads((out_dir / CLASSES_FILE).read_text(encoding="utf-8"))
         images = doc.get("images") or {}
-        return {str(src): str(name) for name, src in images.items()
-                if isinstance(name, str) and safe_filename(name) == name}
+        return {resolve_recorded(src, out_dir): str(name) for name, src in images.items()
+                if isinstance(name, str) and isinstance(src, str) and safe_filename(name) == name}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
 

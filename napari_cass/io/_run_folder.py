@@ -326,14 +326,15 @@ def start_run(plan: OutputPlan, classes: RunClasses, settings: Mapping[str, Any]
     Removes the outputs ``decision`` marked (made with other classes), then writes the
     class table with ``settings`` under ``"run"`` (compared by the next run) and the
     name of every planned image's source under ``"images"`` (collision suffixes can be
-    traced back; names of earlier runs not in this plan are kept).
+    traced back; names of earlier runs not in this plan are kept), as a path relative
+    to the output folder (:meth:`OutputPlan.recorded`: no absolute paths in a shared folder).
     """
     for p in decision.remove:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     images: dict[str, str] = {}
     if decision.resumed:
-        images.update({name: src for src, name in plan.previous_names.items()})
+        images.update({name: plan.recorded(src) for src, name in plan.previous_names.items()})
     images.update(plan.names())
     doc_extra = dict(extra or {})
     doc_extra.update({"has_background": classes.has_background, "run": dict(settings), "images": images})
