@@ -16,7 +16,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._batch import BatchPanel
-from ._batch_session import BatchSession
+from ._batch_session import CLASSES_FILE, BatchSession, _check_extends
 from ._classes import META_KEY, LabelClasses
 from ._label_sync import LabelSync, labels_name
 
@@ -83,6 +83,27 @@ class BatchController:
             self._image = None
         if self._labels is not None and self._labels.unique_id == uid:
             self._labels = None
+
+    def refuses(self, labels: Any, classes: LabelClasses) -> str | None:
+        """Why the batch mask ``labels`` cannot take the class list ``classes`` (None: it can).
+
+        Masks already saved in this batch use the numbers of ``classes.json``, so
+        its classes keep their names and order; new classes go at the end. Asked
+        before a class-table edit remaps the layer, so a refused edit changes nothing.
+        """
+        if self.session is None or labels is None or self._labels is None \
+                or labels.unique_id != self._labels.unique_id:
+            return None
+        try:
+            doc = self.session.saved_classes()
+            if doc is not None:
+                _check_extends(self.session.output_dir / CLASSES_FILE,
+                               [c["name"] for c in doc["classes"]], list(classes.names))
+        except ValueError as err:
+            return f"Class edit undone. {err}"
+        except OSError:
+            return None  # an unreadable classes.json: the next save says so
+        return None
 
     # ------------------------------------------------------------ open
     def open(self, image_dir: str, output_dir: str) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -216,6 +216,13 @@ class CassWidget(QWidget):
         """Class table edited: remap, recolour and rename the current labels at once."""
         labels = self._current_labels()
         if labels is None or self.is_running:
+            return
+        refused = self.batch.refuses(labels, self.class_table.label_classes())
+        if refused:  # saved batch masks would change meaning: put the table back, touch nothing
+            kept = self.sync.state_for(labels).classes or LabelClasses.from_meta(labels.metadata[META_KEY])
+            # deferred: this may run inside the table's own itemChanged (the edited item must live)
+            QTimer.singleShot(0, lambda: self.class_table.set_label_classes(kept, quiet=True))
+            self._say("error", refused)
             return
         cleared = self.sync.classes_changed(labels, self.class_table.label_classes())
         if cleared:

@@ -1,0 +1,55 @@
+"""Defects found by using the dock as an annotator would (review of issue 7), one test each.
+
+Tiny random-weight models: the labels are meaningless, the tests check that
+nothing the user made is lost, with exact pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_cass.io import read_classes_json
+
+from _gui_actions import click
+from test_batch import _mask_file, _open, _wait, _write_images
+
+
+def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, tmp_path: Path,
+                                                                 notes: dict) -> None:
+    """Removing a saved class mid-batch used to clear its pixels, then refuse the save."""
+    _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    w = plugin
+    w.class_table.set_from_text("cat, dog, grass")
+    _open(qtbot, w, tmp_path / "in", out)
+    click(qtbot, w.batch_panel.next_btn)  # img_00 saved: classes.json fixes the numbering
+    _wait(qtbot, w)
+    labels = w.labels_layer_for("img_01")
+    labels.brush_size = 3
+    labels.paint((6, 6), 1)  # a "cat" correction
+    kept = np.array(labels.data, copy=True)
+    assert (kept == 1).sum() >= 9
+
+    w.class_table.table.selectRow(1)
+    click(qtbot, w.class_table.remove_btn)  # remove "cat"
+    qtbot.wait(20)
+    np.testing.assert_array_equal(labels.data, kept)  # not one pixel cleared
+    assert w.class_table.label_classes().names == ["background", "cat", "dog", "grass"]
+    assert "'cat' is missing" in w.errors.message and "Class edit undone" in w.errors.message
+
+    w.class_table.table.item(2, 1).setText("puppy")  # a rename: saved masks would lose "dog"
+    qtbot.wait(20)
+    assert w.class_table.label_classes().names == ["background", "cat", "dog", "grass"]
+    np.testing.assert_array_equal(labels.data, kept)
+
+    click(qtbot, w.class_table.add_btn)  # adding at the end is fine
+    assert w.class_table.label_classes().names[-1] == "class 4"
+    click(qtbot, w.batch_panel.next_btn)
+    _wait(qtbot, w)
+    assert w.batch.session.index == 2
+    np.testing.assert_array_equal(_mask_file(out, "img_01"), kept)
+    names = [c["name"] for c in read_classes_json(out / "classes.json")["classes"]]
+    assert names == ["background", "cat", "dog", "grass", "class 4"]
+    assert len(notes["error"]) == 2  # the two refused edits, nothing else
