@@ -96,3 +96,79 @@ def test_absolute_sources_of_older_tables_still_keep_their_names(tmp_path, build
     assert cli.main(["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out)]) == 0
     assert len(builds) == 2 and not (out / "a.png").exists()  # "a" resumed as "special", only "b" done
     assert read_classes_json(out / "classes.json")["images"] == {"b": "../in/b.png", "special": "../in/a.png"}
+
+
+# ------------------------------------------------------------------ --server runs and resume
+SERVER_MODELS = {"clip": "ViT-B-16", "clip_weights": "openai", "vfm": "dino_vitb8"}
+
+
+def test_server_runs_record_the_servers_models_and_resume_only_with_them(tmp_path, tiny, capsys):
+    """A folder made on a server is never continued with other models (server or local)."""
+    from napari_cass.engine import Segmenter
+    from napari_cass.server import BackgroundServer, create_app
+
+    _images(tmp_path / "in", names=("a",))
+    out = tmp_path / "out"
+    seg = Segmenter.from_models(*tiny, device="cpu")
+    seg.model_names = dict(SERVER_MODELS)
+    with BackgroundServer(create_app(seg)) as server:
+        argv = ["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out), "--server", server.url]
+        assert cli.main(argv) == 0
+        doc = read_classes_json(out / "classes.json")
+        assert doc["run"] == {"method": "cass", "preset": "interactive", "clip": "ViT-B-16",
+                              "vfm": "dino_vitb8", "random_weights": False}
+        assert doc["models"] == SERVER_MODELS and doc["server"] == server.url
+        assert doc["random_weights"] is False
+
+        # The same server, one more image: resumed (only the new image segmented).
+        _images(tmp_path / "in", names=("b",))
+        before = (out / "a.png").stat().st_mtime_ns
+        assert cli.main(argv) == 0
+        assert (out / "b.png").is_file() and (out / "a.png").stat().st_mtime_ns == before
+        assert "resuming: 1 of 2" in capsys.readouterr().err
+
+        # The server restarted with random weights: its masks would not be the folder's.
+        seg.model_names = {**SERVER_MODELS, "clip_weights": "random"}
+        _images(tmp_path / "in", names=("c",))
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "random_weights False there, True in this run" in err and "--overwrite" in err
+        assert not (out / "c.png").exists()
+
+        # The server's models were never recorded by older tables: not trusted either.
+        seg.model_names = dict(SERVER_MODELS)
+        legacy = json.loads((out / "classes.json").read_text(encoding="utf-8"))
+        legacy["run"] = {"method": "cass", "preset": "interactive", "server": server.url}
+        (out / "classes.json").write_text(json.dumps(legacy), encoding="utf-8")
+        assert cli.main(argv) == 2
+        assert "clip not recorded there, 'ViT-B-16' in this run" in capsys.readouterr().err
+
+
+def test_a_local_run_does_not_continue_a_server_folder_with_other_models(tmp_path, builds, capsys):
+    """A folder a server made: resumed locally only with the models it records."""
+    from napari_cass.engine import normalize_classes
+    from napari_cass.io import RunClasses, check_output_folder, start_run
+
+    _images(tmp_path / "in", names=("a", "b"))
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = plan_outputs([str(tmp_path / "in")], out)
+    classes = RunClasses.from_prompts(normalize_classes("cat"))
+    argv = ["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out)]
+    # Earlier --server runs recorded only method, preset and the URL: which models is unknown.
+    legacy = {"method": "cass", "preset": "interactive", "server": "http://gpu-box:8765"}
+    start_run(plan, classes, legacy, check_output_folder(plan, classes, legacy))
+    for extra in (["--random-weights"], []):
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "clip not recorded there" in err and "server 'http://gpu-box:8765' there" in err
+    assert builds == []  # refused before any model loads
+    # A server run that recorded its models (pretrained weights).
+    server = {"method": "cass", "preset": "interactive", "clip": "ViT-B-16", "vfm": "dino_vitb8",
+              "random_weights": False}
+    start_run(plan, classes, server, check_output_folder(plan, classes, server, overwrite=True))
+    assert cli.main([*argv, "--random-weights"]) == 2
+    assert "random_weights False there, True in this run" in capsys.readouterr().err
+    assert builds == []
+    assert cli.main(argv) == 0  # the same models locally: that folder resumes
+    assert len(builds) == 1

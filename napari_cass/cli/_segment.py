@@ -118,10 +118,22 @@ def build_segmenter(args: argparse.Namespace) -> Any:
         )
 
 
-def run_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What, besides the classes, decides the masks: recorded in and compared with classes.json."""
-    if getattr(args, "server", None):  # the server's models: compared by method and preset only
-        return {"method": args.method, "preset": args.preset, "server": args.server}
+def run_settings(args: argparse.Namespace, segmenter: Any = None) -> dict[str, Any]:
+    """What, besides the classes, decides the masks: recorded in and compared with classes.json.
+
+    With ``--server`` the models are the server's, not ``--clip``/``--vfm``/``--random-weights``:
+    they are read from the connected client (``segmenter``, a ``RemoteSegmenter``), in the
+    same keys as a local run's, so a folder resumes only with the same models whichever
+    machine ran them (a server restarted with other weights, or a local folder continued on
+    a server with other models, is refused). The server's URL is not compared: the same
+    server under another name resumes.
+    """
+    if getattr(args, "server", None):
+        if segmenter is None:
+            raise ValueError("run_settings needs the connected server client for --server runs.")
+        models = dict(getattr(segmenter, "model_names", {}) or {})
+        return {"method": args.method, "preset": args.preset, "clip": models.get("clip"),
+                "vfm": models.get("vfm"), "random_weights": models.get("clip_weights") == "random"}
     return {"method": args.method, "preset": args.preset, "clip": args.clip, "vfm": args.vfm,
             "random_weights": bool(args.random_weights)}
 
@@ -130,13 +142,18 @@ def run_description(args: argparse.Namespace, segmenter: Any) -> dict[str, Any]:
     """What ``classes.json`` records about the models that made the masks (after they load)."""
     from .. import __version__
 
-    return {
+    models = dict(getattr(segmenter, "model_names", {}) or {})
+    description = {
         "method": segmenter.method,
         "preset": getattr(segmenter.preset, "name", str(segmenter.preset)),
-        "models": dict(getattr(segmenter, "model_names", {}) or {}),
+        "models": models,
         "random_weights": bool(args.random_weights),
         "napari_cass_version": __version__,
     }
+    if getattr(args, "server", None):  # --random-weights is ignored there: the server's models say
+        description["random_weights"] = models.get("clip_weights") == "random"
+        description["server"] = str(getattr(segmenter, "url", args.server))
+    return description
 
 
 def _class_prompts(args: argparse.Namespace) -> list[Any]:
@@ -212,7 +229,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         _say(f"note: {item.source} is written as {item.mask.name} (another image has its name).")
     if len(renamed) > 10:
         _say(f"note: {len(renamed) - 10} more images renamed; classes.json lists every source.")
-    settings = run_settings(args)
+    segmenter = None
+    if getattr(args, "server", None):  # connect now (cheap, checks URL and token): its models decide resume
+        segmenter = build_segmenter(args)
+    settings = run_settings(args, segmenter)
     created = not out.exists()
     lock = RunLock(out).acquire()
     try:
@@ -228,7 +248,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if decision.done:
             _say(f"resuming: {len(decision.done)} of {len(plan.images)} image(s) are already done in {out}.")
         with _terminate_as_interrupt():
-            return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels)
+            return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels, segmenter)
     finally:
         lock.release()
         if created and not plan.classes_path.exists():  # failed before writing anything
@@ -239,7 +259,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 pass
 
 
-def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels) -> int:
+def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels, segmenter=None) -> int:
     from tqdm.auto import tqdm
 
     from ..io import read_image, start_run, write_image_outputs
@@ -252,7 +272,8 @@ def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pix
         from ..cluster import segment_on_ray
 
         return segment_on_ray(args, plan, decision, todo, classes, prompts, settings, max_pixels)
-    segmenter = build_segmenter(args)
+    if segmenter is None:
+        segmenter = build_segmenter(args)
     start_run(plan, classes, settings, decision, extra=run_description(args, segmenter))
 
     failures: list[tuple[Path, str]] = []

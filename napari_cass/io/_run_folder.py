@@ -113,12 +113,28 @@ def _describe(rows: Sequence[tuple[str, Sequence[str]]]) -> str:
     return "[" + "; ".join(parts) + ("; ..." if len(rows) > 6 else "") + "]"
 
 
+_MISSING = object()
+
+
 def _settings_differences(doc: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """Every setting that differs; one recorded on one side only differs too.
+
+    A setting nobody recorded cannot be vouched for (a folder made by a server run that
+    recorded no models, resumed locally with ``--random-weights``), so it is a difference,
+    not a match. Tables written before ``"run"`` existed are compared on what they have.
+    """
     old = doc.get("run")
     if not isinstance(old, Mapping):  # written before "run" existed: compare what it has
         old = {k: doc[k] for k in ("method", "preset", "random_weights") if k in doc}
-    return [f"{k} {old[k]!r} there, {settings[k]!r} in this run"
-            for k in settings if k in old and old[k] != settings[k]]
+        keys = [k for k in settings if k in old]
+    else:
+        keys = [*settings, *(k for k in old if k not in settings)]
+
+    def shown(value: Any) -> str:
+        return "not recorded" if value is _MISSING else repr(value)
+
+    return [f"{k} {shown(old.get(k, _MISSING))} there, {shown(settings.get(k, _MISSING))} in this run"
+            for k in keys if old.get(k, _MISSING) != settings.get(k, _MISSING)]
 
 
 @dataclass
