@@ -172,3 +172,31 @@ def test_a_local_run_does_not_continue_a_server_folder_with_other_models(tmp_pat
     assert builds == []
     assert cli.main(argv) == 0  # the same models locally: that folder resumes
     assert len(builds) == 1
+
+
+# ------------------------------------------------------------------ names at the length limit
+@pytest.mark.parametrize("letter", ["x", "猫"])
+def test_names_at_the_length_limit_get_a_suffix_that_survives(tmp_path, letter):
+    """Image "L" and image "L_overlay..." cut to "L_overlay" (L near the limit) used to hang the plan."""
+    import threading
+
+    from napari_cass.io import safe_filename
+
+    # The base whose "_overlay" variant sits exactly at the length limit (chars or UTF-8 bytes).
+    base = next(letter * k for k in range(300, 0, -1)
+                if safe_filename(letter * k + "_overlay" + letter * 3) == letter * k + "_overlay")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for stem in (base, base + "_overlay" + letter * 3):
+        Image.new("RGB", (8, 8)).save(folder / f"{stem}.png")
+    plans: list = []
+    worker = threading.Thread(target=lambda: plans.append(plan_outputs([str(folder)], tmp_path / "out")),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert plans, "plan_outputs did not finish"
+    names = [item.name for item in plans[0].images]
+    files = {n.casefold() for name in names for n in (name, name + "_overlay")}
+    assert len(files) == 4  # two masks, two overlays, all different
+    assert names[0] == base and names[1].endswith("_2") and names[1] == safe_filename(names[1])
+    assert all(len((name + "_overlay.png").encode()) <= 255 for name in names)
