@@ -200,3 +200,15 @@ def test_names_at_the_length_limit_get_a_suffix_that_survives(tmp_path, letter):
     assert len(files) == 4  # two masks, two overlays, all different
     assert names[0] == base and names[1].endswith("_2") and names[1] == safe_filename(names[1])
     assert all(len((name + "_overlay.png").encode()) <= 255 for name in names)
+
+
+def test_collision_suffixes_keep_names_within_the_limit():
+    """``unique_filenames`` on names at the limit: distinct, each still a safe (resumable) name."""
+    from napari_cass.io import safe_filename
+    from napari_cass.io._names import unique_filenames
+
+    for letter in ("x", "猫"):
+        long = letter * 300
+        names = unique_filenames([long, long.upper(), long + "y"])
+        assert len({n.casefold() for n in names}) == 3
+        assert all(safe_filename(n) == n for n in names)  # what _previous_names accepts on resume

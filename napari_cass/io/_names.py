@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-__all__ = ["safe_filename", "unique_filenames"]
+__all__ = ["safe_filename", "suffixed_filename", "unique_filenames"]
 
 _RESERVED = {
     "CON", "PRN", "AUX", "NUL",
@@ -61,6 +61,22 @@ def safe_filename(name: object, max_length: int = _MAX_CHARS) -> str:
     return cleaned or "unnamed"
 
 
+def suffixed_filename(base: str, n: int) -> str:
+    """``<base>_<n>`` as a safe name; ``base`` is shortened so that the suffix survives.
+
+    Appended to a name at :func:`safe_filename`'s length limit, the suffix would be cut
+    off again (a collision never resolved), or the name would pass the limit (and not be
+    recognised as a napari-cass name when a run resumes).
+    """
+    suffix = f"_{n}"
+    cut = str(base)
+    while True:
+        stem = safe_filename(cut + suffix)
+        if stem.endswith(suffix) or not cut:
+            return stem
+        cut = cut[:-1]
+
+
 def _key(name: str) -> str:
     """How a case-insensitive file system (Windows, macOS) compares two names."""
     return unicodedata.normalize("NFC", name).casefold()
@@ -92,7 +108,7 @@ def unique_filenames(names: Sequence[object], taken: Iterable[str] = ()) -> list
         candidate, n = base, 1
         while _key(candidate) in used:
             n += 1
-            candidate = f"{base}_{n}"
+            candidate = suffixed_filename(base, n)
         used.add(_key(candidate))
         out.append(candidate)
     return out

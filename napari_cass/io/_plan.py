@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._images import IMAGE_SUFFIXES
-from ._names import safe_filename, unique_filenames
+from ._names import safe_filename, suffixed_filename, unique_filenames
 
 __all__ = [
     "OVERLAY_SUFFIX",
@@ -192,24 +192,9 @@ def _assign(bases: list[str], pinned: list[str | None], reserved: Sequence[str] 
         base, n = stem, 1
         while not free(stem):  # x_overlay.png of image "x" vs the mask of image "x_overlay"
             n += 1
-            stem = _suffixed(base, n)
+            stem = suffixed_filename(base, n)
         take(i, stem)
     return [n for n in names if n is not None]
-
-
-def _suffixed(base: str, n: int) -> str:
-    """``<base>_<n>`` as a safe name, ``base`` shortened so that the suffix survives.
-
-    A name at :func:`safe_filename`'s length limit would lose an appended suffix to the
-    cut, and every ``n`` would give the same (taken) name again: a hang, not a name.
-    """
-    suffix = f"_{n}"
-    cut = base
-    while True:
-        stem = safe_filename(cut + suffix)
-        if stem.endswith(suffix) or not cut:
-            return stem
-        cut = cut[:-1]
 
 
 def plan_outputs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
