@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["ErrorPanel", "notify"]
+__all__ = ["ErrorPanel", "ask_yes_no", "notify"]
 
 _DETAILS_HEIGHT = 96
 
@@ -33,6 +33,16 @@ _DETAILS_HEIGHT = 96
 def notify(kind: str, message: str) -> None:
     """A napari notification (``kind`` = "error", "warning" or "info")."""
     {"error": show_error, "warning": show_warning}.get(kind, show_info)(message)
+
+
+def ask_yes_no(parent: QWidget, question: str) -> bool:
+    """A Yes/No dialog (No is the default): True if the user chose Yes."""
+    from qtpy.QtWidgets import QMessageBox
+
+    buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+    answer = QMessageBox.question(parent, "napari-cass", question, buttons,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
 
 
 def _summary(message: str, limit: int = 90) -> str:

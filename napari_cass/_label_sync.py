@@ -281,6 +281,25 @@ class LabelSync:
         return int(indices[0].size) if indices else 0
 
     # ----------------------------------------------------------- classes
+    def edits_removed(self, layer: Any, new: LabelClasses) -> dict[str, int]:
+        """Hand-painted pixels a class edit would unlabel, by old class name (nothing changes).
+
+        Engine output of a removed class comes back with a re-run; manual edits
+        do not, so the widget asks before it clears them.
+        """
+        state = self.state_for(layer)
+        old = state.classes
+        data = np.asarray(layer.data)
+        if old is None or not data.size:
+            return {}
+        lut = class_lut(old, new, int(data.max()) + 1, data.dtype)
+        if lut is None:
+            return {}
+        edits = data[state.edited(data)]
+        removed = (lut[edits] == 0) & (edits != 0) & (edits < old.n_labels)
+        values, counts = np.unique(edits[removed], return_counts=True)
+        return {old.names[int(v)]: int(n) for v, n in zip(values, counts)}
+
     def classes_changed(self, layer: Any, new: LabelClasses) -> int:
         """Follow a class table edit: remap values by class id, recolour, rename.
 

@@ -33,7 +33,7 @@ from ._batch import BatchPanel
 from ._batch_controller import BatchController
 from ._class_table import ClassTable
 from ._classes import META_KEY, LabelClasses
-from ._error_panel import ErrorPanel, notify
+from ._error_panel import ErrorPanel, ask_yes_no, notify
 from ._export_panel import ExportPanel, export_item
 from ._inputs_panel import InputsPanel
 from ._label_state import region_bbox
@@ -84,6 +84,9 @@ class CassWidget(QWidget):
         self.viewer = napari_viewer
         self.segmenter_factory: Callable[..., Any] = segmenter_factory or default_segmenter_factory
         self.last_run: dict[str, Any] = {}
+        #: ``confirm(question) -> bool``: asked before a class edit unlabels hand-painted
+        #: pixels (a Yes/No dialog; scripts and tests may replace it).
+        self.confirm: Callable[[str], bool] = lambda question: ask_yes_no(self, question)
         self.shortcuts = Shortcuts(napari_viewer)
         self._closed = False
         self._docked = False
@@ -224,6 +227,16 @@ class CassWidget(QWidget):
             QTimer.singleShot(0, lambda: self.class_table.set_label_classes(kept, quiet=True))
             self._say("error", refused)
             return
+        lost = self.sync.edits_removed(labels, self.class_table.label_classes())
+        if lost:
+            what = ", ".join(f"{n} px of '{name}'" for name, n in lost.items())
+            if not self.confirm(f"This class edit removes classes you painted by hand: {what} in "
+                                f"'{labels.name}' would become unlabelled (0), and Ctrl+Z cannot "
+                                "bring them back. Remove them?"):
+                kept = self.sync.state_for(labels).classes
+                QTimer.singleShot(0, lambda: self.class_table.set_label_classes(kept, quiet=True))
+                self.errors.set_status("class edit undone: the painted pixels are kept")
+                return
         cleared = self.sync.classes_changed(labels, self.class_table.label_classes())
         if cleared:
             self.errors.set_status(f"{cleared} px of removed classes are now unlabelled (0)")

@@ -53,3 +53,43 @@ def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, t
     names = [c["name"] for c in read_classes_json(out / "classes.json")["classes"]]
     assert names == ["background", "cat", "dog", "grass", "class 4"]
     assert len(notes["error"]) == 2  # the two refused edits, nothing else
+
+
+def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_image: np.ndarray) -> None:
+    """Set "cat, puppy" over "cat, dog" used to turn every painted dog into 0 without asking."""
+    from _gui_actions import set_classes
+    from napari.layers import Labels
+
+    w = plugin
+    w.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    engine = np.array(layer.data, copy=True)
+    layer.brush_size = 3
+    layer.paint((20, 20), 2)  # a hand-painted "dog"
+    painted = np.array(layer.data, copy=True)
+    blank = Labels(np.zeros(engine.shape, np.uint8))
+    blank.brush_size = 3
+    blank.paint((20, 20), 1)
+    stroke = np.asarray(blank.data) == 1
+    hand = int((stroke & (engine != 2)).sum())  # pixels the stroke changed to dog
+    assert hand > 0
+
+    questions: list[str] = []
+    answers = [False, True]
+    w.confirm = lambda q: questions.append(q) or answers.pop(0)
+    set_classes(qtbot, w, "cat, puppy")  # a typo'd rename: "dog" goes away
+    qtbot.wait(20)
+    assert len(questions) == 1 and f"{hand} px of 'dog'" in questions[0]
+    np.testing.assert_array_equal(layer.data, painted)  # No: nothing changed
+    assert w.class_table.label_classes().names == ["background", "cat", "dog"]
+
+    set_classes(qtbot, w, "cat, puppy")  # Yes: dog (engine and hand) unlabelled, cat stays 1
+    qtbot.wait(20)
+    np.testing.assert_array_equal(layer.data, np.where(painted == 2, 0, painted))
+    assert w.class_table.label_classes().names == ["background", "cat", "puppy"]
+
+    set_classes(qtbot, w, "cat, puppy, grass")  # nothing painted is removed: no question
+    assert len(questions) == 2
