@@ -212,3 +212,20 @@ def test_collision_suffixes_keep_names_within_the_limit():
         names = unique_filenames([long, long.upper(), long + "y"])
         assert len({n.casefold() for n in names}) == 3
         assert all(safe_filename(n) == n for n in names)  # what _previous_names accepts on resume
+
+
+def test_an_output_folder_above_the_input_folder_is_not_taken_for_masks(tmp_path, builds, monkeypatch):
+    """``segment photos --out .`` used to skip every image ("No images in folder photos")."""
+    _images(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["segment", "photos", "--classes", "cat", "--out", "."]) == 0
+    assert (tmp_path / "grey.png").is_file() and (tmp_path / "street_overlay.png").is_file()
+    assert read_classes_json(tmp_path / "classes.json")["images"] == {"grey": "photos/grey.png",
+                                                                     "street": "photos/street.png"}
+    # The output folder inside the input folder is still skipped on a recursive run.
+    argv = ["segment", "photos", "--recursive", "--classes", "cat", "--out", "photos/masks"]
+    assert cli.main(argv) == 0
+    assert sorted(read_classes_json(tmp_path / "photos" / "masks" / "classes.json")["images"]) == [
+        "grey", "street"]
+    assert cli.main(argv) == 0
+    assert len(builds) == 2  # the second recursive run found its masks done, not new images

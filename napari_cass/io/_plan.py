@@ -124,10 +124,13 @@ def list_images(inputs: Iterable[str | os.PathLike[str]], recursive: bool = Fals
                 "images. Give another output folder (a sub-folder of it is fine)."
             )
         if path.is_dir():
+            # Skip the output folder where it lies inside this input folder; an input folder
+            # inside the output folder (``--out .``) is the user's images, never skipped.
+            skip = excluded if excluded is not None and path.resolve() in excluded.parents else None
             files = sorted(
                 p for p in path.glob("**/*" if recursive else "*")
                 if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith(".")
-                and not (excluded is not None and excluded in p.resolve().parents)
+                and not (skip is not None and skip in p.resolve().parents)
             )
             if not files:
                 hint = "" if recursive else " (use --recursive to search sub-folders)"
