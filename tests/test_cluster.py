@@ -192,6 +192,7 @@ def test_same_outputs_as_the_cli_and_a_corrupt_image_listed(ray_address, tmp_pat
     assert not (tmp_path / "ray" / "broken.png").exists()
     report = json.loads((tmp_path / "ray" / FAILED_FILE).read_text("utf-8"))
     assert [(f["name"], Path(f["source"]).name, f["attempts"]) for f in report["failed"]] == [("broken", "broken.png", 1)]
+    assert not Path(report["failed"][0]["source"]).is_absolute()  # relative to the output folder, as in classes.json
     reason = report["failed"][0]["error"]
     assert f"skipped {tmp_path / 'in' / 'broken.png'}: {reason}" in single_err  # the CLI's own message
     assert "not an image file" in reason

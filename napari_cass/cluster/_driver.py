@@ -295,7 +295,10 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], tally: _Tally, error:
             written += 1
             continue
         reason, attempts = tally.failed.get(item.name, (missing, 0))
-        failures.append({"name": item.name, "source": str(item.source), "error": reason, "attempts": attempts})
+        # The source relative to the output folder, as classes.json has it (no absolute paths in
+        # a folder that gets shared); the console below names the full path.
+        failures.append({"name": item.name, "source": plan.recorded(item.source), "error": reason,
+                         "attempts": attempts, "_path": str(item.source)})
     print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
           + (f"; {len(decision.done)} more were already done." if decision.done else "."))
     report = Path(plan.out_dir) / FAILED_FILE
@@ -303,10 +306,11 @@ def _report(plan: Any, decision: Any, todo: Sequence[Any], tally: _Tally, error:
         report.unlink(missing_ok=True)  # an earlier run's list: those images are done now
         return 0
     doc = {"format": "napari-cass failed images 1", "segment_attempts": SEGMENT_ATTEMPTS,
-           "worker_retries": WORKER_RETRIES, "failed": failures}
+           "worker_retries": WORKER_RETRIES,
+           "failed": [{k: v for k, v in f.items() if k != "_path"} for f in failures]}
     with atomic_write(report, overwrite=True) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _say(f"{len(failures)} image(s) failed (listed in {report}):")
     for failure in failures:
-        print(f"  {failure['source']}: {failure['error']}", file=sys.stderr)
+        print(f"  {failure['_path']}: {failure['error']}", file=sys.stderr)
     return 1
