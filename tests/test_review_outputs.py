@@ -229,3 +229,51 @@ def test_an_output_folder_above_the_input_folder_is_not_taken_for_masks(tmp_path
         "grey", "street"]
     assert cli.main(argv) == 0
     assert len(builds) == 2  # the second recursive run found its masks done, not new images
+
+
+# ------------------------------------------------------------------ the client's token
+@pytest.mark.parametrize("backend", ["urllib", "httpx"])
+def test_the_client_never_follows_a_redirect_with_its_token(backend):
+    """A server URL that redirects elsewhere must not hand the bearer token to the other host."""
+    import http.server
+    import threading
+
+    from napari_cass.server import RemoteSegmenter, RemoteSegmenterError
+
+    seen: list = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"models": {}, "version": "x"}')
+
+        def log_message(self, *args):
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    target = f"http://127.0.0.1:{collector.server_address[1]}"
+
+    class Redirector(Collector):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", target + self.path)
+            self.end_headers()
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (collector, redirector)]
+    for t in threads:
+        t.start()
+    try:
+        remote = RemoteSegmenter(f"http://127.0.0.1:{redirector.server_address[1]}", "s3cret-token-0123456789",
+                                 backend=backend, connect_timeout=2)
+        with pytest.raises(RemoteSegmenterError, match="HTTP 302"):
+            remote.server_info()
+        remote.close()
+        assert seen == []  # the other host was never asked, let alone given the token
+    finally:
+        for s in (collector, redirector):
+            s.shutdown()
+            s.server_close()

@@ -86,13 +86,24 @@ class _HttpxTransport(Transport):
             c.close()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect with its own 3xx status, as httpx does by default.
+
+    urllib would follow it and send the request's headers, the bearer token included, to
+    whatever host the ``Location`` names. A napari-cass server never redirects.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class _UrllibTransport(Transport):
     """The standard library: one connection per request, no extra dependency."""
 
     def __init__(self, connect_timeout: float, ssl_context: ssl.SSLContext | None):
         self._connect = connect_timeout
         self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl_context))
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl_context), _NoRedirect())
 
     def request(self, method, url, body, headers, timeout):
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
