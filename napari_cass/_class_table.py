@@ -41,6 +41,7 @@ __all__ = ["ClassTable"]
 
 _COLOR, _NAME, _SYN = 0, 1, 2
 _ID_ROLE = Qt.ItemDataRole.UserRole + 1
+_NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # the last accepted name (a bad edit goes back to it)
 _CHOOSE_LIST = "Benchmark class list…"
 
 
@@ -195,6 +196,7 @@ class ClassTable(QWidget):
         self._paint_swatch(swatch, color)
         name_item = QTableWidgetItem(name)
         name_item.setData(_ID_ROLE, int(class_id))
+        name_item.setData(_NAME_ROLE, name)
         syn_item = QTableWidgetItem(", ".join(synonyms))
         if background:
             name_item.setFlags(Qt.ItemFlag.ItemIsEnabled)
@@ -413,8 +415,34 @@ class ClassTable(QWidget):
             self.set_color(row, (color.red(), color.green(), color.blue()))
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:
-        if not self._updating:
-            self.changed.emit()
+        if self._updating:
+            return
+        if item.column() == _NAME and item.row() > 0 and not self._accept_name(item):
+            return
+        self.changed.emit()
+
+    def _accept_name(self, item: QTableWidgetItem) -> bool:
+        """A typed class name: refuse (and put back) an empty, reserved or duplicate one."""
+        name, row = item.text().strip(), item.row()
+        others = {self._row_name(r).casefold() for r in range(1, self.table.rowCount()) if r != row}
+        problem = (
+            "a class needs a name" if not name
+            else f"'{name}' is reserved for label 0 (type background words below)"
+            if name.casefold() == BACKGROUND_NAME
+            else f"'{name}' is already a class (use Synonyms for other words of one class)"
+            if name.casefold() in others else ""
+        )
+        self._updating = True
+        try:
+            if problem:
+                item.setText(str(item.data(_NAME_ROLE) or ""))
+            else:
+                item.setData(_NAME_ROLE, name)
+        finally:
+            self._updating = False
+        if problem:
+            self.error.emit(f"Name of label {row} not changed: {problem}.")
+        return not problem
 
     def _on_background_changed(self, text: str) -> None:
         item = self.table.item(0, _SYN)

@@ -311,6 +311,10 @@ class LabelSync:
             old = LabelClasses.from_meta(layer.metadata[META_KEY])
         cleared = 0
         data = np.asarray(layer.data)
+        if data.dtype.kind in "iu" and new.n_labels - 1 > np.iinfo(data.dtype).max:
+            data = data.astype(np.uint16)  # e.g. class 256 added: napari refuses to paint it in uint8
+            state.retype(data.dtype)
+            layer.data = data
         if old is not None:
             n_values = int(data.max()) + 1 if data.size else 1
             lut = class_lut(old, new, n_values, data.dtype)

@@ -93,3 +93,56 @@ def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_imag
 
     set_classes(qtbot, w, "cat, puppy, grass")  # nothing painted is removed: no question
     assert len(questions) == 2
+
+
+def test_classes_beyond_255_widen_the_layer_at_once(qtbot, plugin, rgb_image: np.ndarray) -> None:
+    """A table grown past 255 classes left the layer uint8: napari refused to paint label 256."""
+    from _gui_actions import set_classes
+
+    w = plugin
+    w.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    layer.brush_size = 3
+    layer.paint((10, 10), 2)
+    before = np.array(layer.data, copy=True)
+    w.class_table.set_from_text("cat, dog, " + ", ".join(f"c{i}" for i in range(254)))
+    assert layer.data.dtype == np.uint16
+    np.testing.assert_array_equal(layer.data, before)  # same values, wider type
+    layer.paint((30, 30), 256)
+    assert layer.data[30, 30] == 256
+    after_paint = np.array(layer.data, copy=True)
+    edited = after_paint != before
+    assert edited.sum() == 9  # a 3 px brush over labels 0..2
+    assert layer.colormap.map(np.array([256]))[0, 3] == 1.0  # visible
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    np.testing.assert_array_equal(np.asarray(layer.data)[edited], 256)  # the edit survives
+
+
+def test_a_bad_typed_name_goes_back_and_labels_stay(qtbot, plugin, rgb_image: np.ndarray,
+                                                    notes: dict) -> None:
+    """Typing a duplicate, empty or reserved name in the table used to be taken (two 'cat's on
+    the layer, the run refused later); it is refused at once and the old name comes back."""
+    from _gui_actions import set_classes
+
+    w = plugin
+    w.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    before = np.array(layer.data, copy=True)
+    item = w.class_table.table.item(2, 1)
+    for bad, why in (("Cat", "already a class"), ("  ", "needs a name"), ("Background", "reserved")):
+        item.setText(bad)
+        assert item.text() == "dog" and why in w.errors.message
+        assert list(layer.features["class"]) == ["background", "cat", "dog"]
+    assert len(notes["error"]) == 3
+    item.setText("puppy")  # a good rename still reaches the layer at once
+    assert list(layer.features["class"]) == ["background", "cat", "puppy"]
+    item.setText("cat")  # and the last accepted name is the one that comes back
+    assert item.text() == "puppy"
+    np.testing.assert_array_equal(layer.data, before)
