@@ -277,3 +277,19 @@ def test_the_client_never_follows_a_redirect_with_its_token(backend):
         for s in (collector, redirector):
             s.shutdown()
             s.server_close()
+
+
+def test_server_url_recorded_without_credentials():
+    """classes.json travels with the masks: a user:password@ in the server URL stays out of it."""
+    import argparse
+    from types import SimpleNamespace
+
+    from napari_cass.cli._segment import run_description
+
+    remote = SimpleNamespace(method="cass", preset=SimpleNamespace(name="interactive"),
+                             model_names=dict(SERVER_MODELS), url="http://ann:pw0rd@gpu-box:8765")
+    args = argparse.Namespace(server=remote.url, random_weights=True)
+    description = run_description(args, remote)
+    assert description["server"] == "http://gpu-box:8765"
+    assert "pw0rd" not in json.dumps(description)
+    assert description["random_weights"] is False  # the server's weights, not the ignored flag
