@@ -175,9 +175,9 @@ class LabelState:
         data = np.asarray(data)
         snap = self.runs[-1]
         keep_user = self.painted_since_run | (data != self.last_output)
-        restore = snap.written & ~keep_user
         values = np.zeros(data.shape, dtype=data.dtype)
         values[snap.written] = snap.before
+        restore = snap.written & ~keep_user & (values != data)  # only pixels that change back
         indices = np.nonzero(restore)
         self._restore(snap)
         return indices, values[indices]

@@ -146,3 +146,24 @@ def test_a_bad_typed_name_goes_back_and_labels_stay(qtbot, plugin, rgb_image: np
     item.setText("cat")  # and the last accepted name is the one that comes back
     assert item.text() == "puppy"
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_undo_last_run_counts_only_pixels_it_changes(qtbot, plugin, rgb_image: np.ndarray) -> None:
+    """"last run undone (3063 px restored)" counted every pixel the run wrote, changed or not."""
+    from _gui_actions import set_classes
+
+    w = plugin
+    w.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    first = np.array(layer.data, copy=True)
+    w.replace_all_check.setChecked(True)
+    set_classes(qtbot, w, "cat, dog, grass")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    changed = int((np.asarray(layer.data) != first).sum())
+    click(qtbot, w.undo_btn)
+    np.testing.assert_array_equal(layer.data, first)
+    assert w.status_label.text() == f"last run undone ({changed} px restored)"
