@@ -185,9 +185,15 @@ def test_run_folder_decisions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not the run's classes"):
         write_image_outputs(plan.images[1], np.zeros((11, 12, 3), np.uint8), wrong, classes)
     assert not plan.images[1].mask.exists()
-    plan.images[1].mask.write_bytes(b"mask written, overlay not yet")
-    assert image_state(plan.images[1]) == "partial"  # a run stopped in between: redone
+    write_image_outputs(plan.images[1], np.zeros((11, 12, 3), np.uint8),
+                        SimpleNamespace(mask=lambda: np.ones((11, 12), np.int32), mask_classes=result.mask_classes),
+                        classes)
+    plan.images[1].overlay.unlink()  # a run stopped between mask and overlay: the mask is kept
+    assert image_state(plan.images[1]) == "no_overlay"
+    plan.images[1].overlay.write_bytes(b"")
     plan.images[1].mask.unlink()
+    assert image_state(plan.images[1]) == "partial"  # only the overlay: redone
+    plan.images[1].overlay.unlink()
     # The image changed after its result was written: the result may hold corrections.
     stamp = item.mask.stat().st_mtime_ns
     os.utime(item.source, ns=(stamp + 10**9, stamp + 10**9))

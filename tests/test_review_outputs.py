@@ -293,3 +293,35 @@ def test_server_url_recorded_without_credentials():
     assert description["server"] == "http://gpu-box:8765"
     assert "pw0rd" not in json.dumps(description)
     assert description["random_weights"] is False  # the server's weights, not the ignored flag
+
+
+# ------------------------------------------------------------------ corrected masks are kept
+def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, builds, capsys):
+    """Re-running used to re-segment such an image and overwrite the annotator's mask."""
+    from napari_cass.io import RunClasses, read_label_image, write_indexed_png
+
+    _images(tmp_path / "in", names=("a", "b"))
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--classes", "cat, dog", "--out", str(out)]
+    assert cli.main(argv) == 0
+    corrected = np.zeros((30, 34), np.uint8)
+    corrected[:, :10], corrected[:5] = 2, 255  # "dog", and a strip marked "ignore"
+    colours = RunClasses(("background", "cat", "dog"), ((), ("cat",), ("dog",)), False).colors
+    write_indexed_png(out / "a.png", corrected, colours, overwrite=True)  # saved after the run
+    (out / "a_overlay.png").unlink()  # the quick look deleted
+    (out / "b_overlay.png").unlink()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "drew 2 missing overlay(s)" in err and "nothing to do" not in err
+    assert len(builds) == 1  # no image segmented again
+    np.testing.assert_array_equal(read_label_image(out / "a.png"), corrected)
+    with Image.open(out / "a_overlay.png") as overlay:
+        drawn = np.asarray(overlay.convert("RGB"))
+    assert drawn.shape == (30, 34, 3)
+    source = np.asarray(Image.open(tmp_path / "in" / "a.png").convert("RGB")).astype(float)
+    blended = 0.5 * source[10, 2] + 0.5 * colours[2]  # the corrected class, half over the image
+    assert np.abs(drawn[10, 2] - blended).max() <= 1.0  # rounding of a uint8 blend
+    assert tuple(drawn[2, 20]) == tuple(source[2, 20])  # 255 ("ignore") left uncoloured
+    assert tuple(drawn[10, 20]) == tuple(source[10, 20])  # background uncoloured
+    assert (out / "b_overlay.png").is_file()

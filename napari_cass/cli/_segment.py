@@ -213,8 +213,7 @@ def _say(message: str) -> None:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from ..io import (RunClasses, RunLock, check_output_folder, clean_temp_files, mask_suffix_for,
-                      max_pixels_limit,
-                      plan_outputs)
+                      max_pixels_limit, plan_outputs, write_missing_overlays)
 
     # 1. Everything that can be checked without the models, before loading them.
     if args.threads is not None and args.threads < 1:
@@ -249,6 +248,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if removed:
             _say(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}.")
         decision = check_output_folder(plan, classes, settings, overwrite=args.overwrite)
+        if decision.overlays:  # masks kept (they may hold corrections); only their quick looks drawn
+            failed = write_missing_overlays(decision, classes, max_pixels)
+            _say(f"drew {len(decision.overlays) - len(failed)} missing overlay(s) from their masks in {out} "
+                 "(the masks are kept as they are).")
+            for item, reason in failed:
+                _say(f"note: no overlay for {item.mask.name}: {reason}")
         todo = decision.todo(plan)
         if not todo:
             print(f"All {len(plan.images)} image(s) are already segmented into {out} with these "

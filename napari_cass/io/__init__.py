@@ -39,6 +39,7 @@ from ._run_folder import (
     image_state,
     start_run,
     write_image_outputs,
+    write_missing_overlays,
 )
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "unique_filenames",
     "write_classes_json",
     "write_image_outputs",
+    "write_missing_overlays",
     "write_indexed_png",
     "write_label_tiff",
 ]

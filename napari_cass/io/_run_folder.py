@@ -10,7 +10,9 @@ from :func:`napari_cass.io.plan_outputs`). Invariants, kept by the functions bel
 - Files appear whole (:func:`napari_cass.io.atomic_write`); the temporary files of a
   killed run are removed by the next run, which holds a lock on the folder meanwhile.
 - A re-run resumes: an image whose mask and overlay exist (and are newer than the image,
-  with the image's size) is done.
+  with the image's size) is done. A mask whose overlay is missing (a run stopped between
+  the two, or the quick look deleted) is kept, never segmented again: it may hold
+  corrections; :func:`write_missing_overlays` draws the overlay from it.
 
 Order of use: :class:`RunLock` -> :func:`check_output_folder` -> load models ->
 :func:`start_run` -> :func:`write_image_outputs` per image (any process or machine
@@ -59,6 +61,7 @@ __all__ = [
     "image_done",
     "image_state",
     "start_run",
+    "write_missing_overlays",
     "write_image_outputs",
 ]
 
@@ -150,11 +153,15 @@ class FolderDecision:
         deletes them before it writes the new ``classes.json``.
     resumed : bool
         The folder already held this run's ``classes.json``.
+    overlays : list of PlannedImage
+        Images (among ``done``) whose mask exists but whose overlay does not: their masks
+        are kept; :func:`write_missing_overlays` draws the overlays from them.
     """
 
     done: set[str] = field(default_factory=set)
     remove: list[Path] = field(default_factory=list)
     resumed: bool = False
+    overlays: list[PlannedImage] = field(default_factory=list)
 
     def todo(self, plan: OutputPlan) -> list[PlannedImage]:
         return [item for item in plan.images if item.name not in self.done]
@@ -166,27 +173,30 @@ def _listing(paths: Sequence[Path], limit: int = 5) -> str:
 
 
 def image_state(item: PlannedImage) -> str:
-    """Where ``item``'s outputs stand: ``"done"``, ``"missing"``, ``"partial"`` or ``"stale"``.
+    """Where ``item``'s outputs stand: ``"done"``, ``"no_overlay"``, ``"missing"``,
+    ``"partial"`` or ``"stale"``.
 
     Call it only where ``classes.json`` matches the run (:func:`check_output_folder`):
     the files are then known to hold these classes. Files appear whole (atomic writes), so
-    existence means complete. ``"partial"``: only one of mask and overlay exists (a run
-    stopped between the two: redo it). ``"stale"``: both exist but the mask does not have
-    the image's size (header-only check) or is older than the image (the image changed
-    since): it may hold someone's corrections, so only ``overwrite`` replaces it.
+    existence means complete. ``"no_overlay"``: the mask exists, its overlay does not (a
+    run stopped between the two, or the overlay was deleted): the mask is kept, as it may
+    hold corrections, and only the overlay is drawn again. ``"partial"``: only the overlay
+    exists (redo the image). ``"stale"``: the mask does not have the image's size
+    (header-only check) or is older than the image (the image changed since): it may hold
+    someone's corrections, so only ``overwrite`` replaces it.
     """
     has_mask, has_overlay = item.mask.is_file(), item.overlay.is_file()
-    if not (has_mask or has_overlay):
-        return "missing"
-    if not (has_mask and has_overlay):
-        return "partial"
+    if not has_mask:
+        return "partial" if has_overlay else "missing"
     try:
-        written = min(item.mask.stat().st_mtime_ns, item.overlay.stat().st_mtime_ns)
+        written = min(p.stat().st_mtime_ns for p in (item.mask, item.overlay) if p.is_file())
         if written < item.source.stat().st_mtime_ns:
             return "stale"
-        return "done" if image_size(item.mask) == image_size(item.source) else "stale"
+        if image_size(item.mask) != image_size(item.source):
+            return "stale"
     except (OSError, ValueError):
         return "stale"
+    return "done" if has_overlay else "no_overlay"
 
 
 def image_done(item: PlannedImage) -> bool:
@@ -242,8 +252,9 @@ def check_output_folder(plan: OutputPlan, classes: RunClasses, settings: Mapping
                 "so they are kept: use --overwrite (overwrite=True) to segment those images again, "
                 "or move the results away."
             )
-        done = {name for name, state in states.items() if state == "done"}
-        return FolderDecision(done=done, resumed=True)
+        done = {name for name, state in states.items() if state in ("done", "no_overlay")}
+        overlays = [item for item in plan.images if states[item.name] == "no_overlay"]
+        return FolderDecision(done=done, resumed=True, overlays=overlays)
     what = "; ".join(changed)
     if not overwrite:
         raise OutputConflictError(
@@ -385,3 +396,31 @@ def write_image_outputs(item: PlannedImage, image: np.ndarray, result: Any,
     with atomic_write(item.overlay, overwrite=True) as tmp:
         Image.fromarray(quick_look).save(tmp, format="PNG")
     return item.mask, item.overlay
+
+
+def write_missing_overlays(decision: FolderDecision, classes: RunClasses,
+                           max_pixels: int | None = None) -> list[tuple[PlannedImage, str]]:
+    """Draw the overlays of ``decision.overlays`` from their existing masks (no models).
+
+    The masks are read, never written; values no class describes (255, "ignore", painted
+    by an annotator) are left uncoloured. Returns the images whose overlay could not be
+    drawn, each with the reason (an unreadable mask or image); their masks stay as they are.
+    """
+    from PIL import Image
+
+    from ._images import read_image
+    from ._masks import read_label_image
+
+    failed: list[tuple[PlannedImage, str]] = []
+    colours = classes.colors
+    for item in decision.overlays:
+        try:
+            labels = read_label_image(item.mask)
+            quick_look = overlay_labels(read_image(item.source, max_pixels=max_pixels or 0),
+                                        np.where(labels < len(classes.names), labels, 0), colours,
+                                        alpha=0.5, skip_zero=True)
+            with atomic_write(item.overlay, overwrite=True) as tmp:
+                Image.fromarray(quick_look).save(tmp, format="PNG")
+        except (OSError, ValueError) as exc:
+            failed.append((item, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    return failed
