@@ -119,7 +119,12 @@ class BatchController:
             self._say("error", str(err))
             return False
         if saved is not None:  # the dataset's class list wins: masks keep their meaning
-            self.table.load_file(session.output_dir / "classes.json")
+            # quietly: loading it is no edit of the image shown before (its labels keep theirs)
+            blocked = self.table.blockSignals(True)
+            try:
+                self.table.load_file(session.output_dir / "classes.json")
+            finally:
+                self.table.blockSignals(blocked)
         self.session = session
         self.panel.image_dir.setText(str(session.image_dir))
         self.panel.output_dir.setText(str(session.output_dir))

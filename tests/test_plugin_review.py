@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from napari_cass.io import read_classes_json
 
@@ -167,3 +168,36 @@ def test_undo_last_run_counts_only_pixels_it_changes(qtbot, plugin, rgb_image: n
     click(qtbot, w.undo_btn)
     np.testing.assert_array_equal(layer.data, first)
     assert w.status_label.text() == f"last run undone ({changed} px restored)"
+
+
+def test_opening_a_batch_leaves_the_shown_image_labels_alone(qtbot, plugin, rgb_image: np.ndarray,
+                                                             tmp_path: Path) -> None:
+    """Opening a batch whose classes.json differs used to remap the labels of the image shown
+    before (every 'cat' and 'dog' pixel of 'pic' became 0, then 'car' / 'road')."""
+    from _gui_actions import set_classes
+
+    _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    w = plugin
+    w.class_table.set_from_text("car, road")
+    _open(qtbot, w, tmp_path / "in", out)
+    w.batch_save()  # an earlier session's classes.json
+    w.batch.close()
+    w.batch.session = None
+
+    w.viewer.add_image(rgb_image, name="pic")
+    w.select_image("pic")
+    set_classes(qtbot, w, "cat, dog")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    layer.brush_size = 3
+    layer.paint((20, 20), 2)
+    before = np.array(layer.data, copy=True)
+    w.confirm = lambda q: pytest.fail(f"asked: {q}")
+    _open(qtbot, w, tmp_path / "in", out)  # resume the batch
+    np.testing.assert_array_equal(layer.data, before)
+    assert list(layer.features["class"]) == ["background", "cat", "dog"]
+    assert w.class_table.label_classes().names == ["background", "car", "road"]
+    w.select_image("pic")  # back to the picture: the table follows its labels
+    assert w.class_table.label_classes().names == ["background", "cat", "dog"]
