@@ -325,3 +325,16 @@ def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, builds, ca
     assert tuple(drawn[2, 20]) == tuple(source[2, 20])  # 255 ("ignore") left uncoloured
     assert tuple(drawn[10, 20]) == tuple(source[10, 20])  # background uncoloured
     assert (out / "b_overlay.png").is_file()
+
+
+def test_an_output_never_replaces_an_input_image(tmp_path, builds, monkeypatch, capsys):
+    """``segment a.png --out . --overwrite`` in the images' folder replaced the photo by its mask."""
+    _images(tmp_path / "photos", names=("a", "b"))
+    before = (tmp_path / "photos" / "a.png").read_bytes()
+    monkeypatch.chdir(tmp_path / "photos")
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["segment", "a.png", "b.png", "--classes", "cat", "--out", ".", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "would replace the input image" in err and "another output folder" in err
+    assert (tmp_path / "photos" / "a.png").read_bytes() == before
+    assert builds == [] and sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png", "b.png"]

@@ -245,7 +245,22 @@ def plan_outputs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.Pat
                      renamed=_key(name) != _key(safe_filename(base)))
         for (src, base), name in zip(found, names)
     )
+    _refuse_outputs_over_inputs(out, images)
     return OutputPlan(out_dir=out, images=images, mask_suffix=mask_suffix, previous_names=previous)
+
+
+def _refuse_outputs_over_inputs(out: Path, images: Sequence[PlannedImage]) -> None:
+    """An output that is an input image (``segment a.png --out .``) would replace the image."""
+    folder = out.resolve()
+    inputs = {_key(item.source.name): item.source for item in images if item.source.parent == folder}
+    for item in images:
+        for path in item.outputs:
+            source = inputs.get(_key(path.name))
+            if source is not None:
+                raise ValueError(
+                    f"The output {path} would replace the input image {source}. Segment into "
+                    "another output folder (a sub-folder of the images' folder is fine)."
+                )
 
 
 def check_writable_folder(folder: str | os.PathLike[str]) -> None:
