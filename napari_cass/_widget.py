@@ -108,10 +108,13 @@ class CassWidget(QWidget):
         self.runner.progressed.connect(lambda v, m: self.errors.set_status(f"{v}% {m}"))
         self.runner.device.connect(lambda d: self.model.device_label.setText(f"running on: {d}"))
         self.runner.finished.connect(self._on_finished)
-        self.class_table.changed.connect(self._on_classes_changed)
         self.class_table.error.connect(lambda msg: self._say("error", msg))
         self.inputs.image_combo.currentTextChanged.connect(self._on_image_changed)
         self._restore_settings(load_settings())
+        # Only now: restoring the last class list is no edit of the labels already open (a dock
+        # reopened after a class removal renumbered them), and the table follows those labels.
+        self.class_table.changed.connect(self._on_classes_changed)
+        self._on_image_changed(self.image_combo.currentText())
         self._bind_keys()
 
     # ================================================================== UI

@@ -201,3 +201,36 @@ def test_opening_a_batch_leaves_the_shown_image_labels_alone(qtbot, plugin, rgb_
     assert w.class_table.label_classes().names == ["background", "car", "road"]
     w.select_image("pic")  # back to the picture: the table follows its labels
     assert w.class_table.label_classes().names == ["background", "cat", "dog"]
+
+
+def test_reopening_the_dock_keeps_labels_after_a_class_removal(qtbot, make_napari_viewer, tiny_factory,
+                                                                rgb_image: np.ndarray) -> None:
+    """The reopened dock restored its saved class list as an edit of the open labels: after
+    'cat' had been removed, all 3,072 px were renumbered (a painted 'dog' became 'grass')."""
+    from _gui_actions import set_classes
+    from conftest import open_plugin
+
+    viewer = make_napari_viewer(show=True)
+    dock, w = open_plugin(viewer, tiny_factory)
+    viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, w, "cat, dog, grass")
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    w.confirm = lambda q: True
+    w.class_table.table.selectRow(1)
+    click(qtbot, w.class_table.remove_btn)  # dog = 1, grass = 2 now
+    click(qtbot, w.segment_btn)  # the settings remember "dog, grass"
+    _wait(qtbot, w)
+    layer = w.labels_layer_for("pic")
+    layer.brush_size = 3
+    layer.paint((20, 20), 1)  # a painted dog
+    before = np.array(layer.data, copy=True)
+    viewer.window.remove_dock_widget(dock)
+
+    _dock2, w2 = open_plugin(viewer, tiny_factory)
+    w2.confirm = lambda q: pytest.fail(f"asked: {q}")
+    np.testing.assert_array_equal(layer.data, before)
+    assert w2.class_table.label_classes().names == ["background", "dog", "grass"]
+    set_classes(qtbot, w2, "dog, grass, sky")  # same names keep their labels
+    np.testing.assert_array_equal(layer.data, before)
+    assert list(layer.features["class"]) == ["background", "dog", "grass", "sky"]
