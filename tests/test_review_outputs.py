@@ -243,7 +243,7 @@ def test_the_client_never_follows_a_redirect_with_its_token(backend):
     seen: list = []
 
     class Collector(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):  # http.server's name
             seen.append(self.headers.get("Authorization"))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -257,7 +257,7 @@ def test_the_client_never_follows_a_redirect_with_its_token(backend):
     target = f"http://127.0.0.1:{collector.server_address[1]}"
 
     class Redirector(Collector):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(302)
             self.send_header("Location", target + self.path)
             self.end_headers()

@@ -61,8 +61,8 @@ __all__ = [
     "image_done",
     "image_state",
     "start_run",
-    "write_missing_overlays",
     "write_image_outputs",
+    "write_missing_overlays",
 ]
 
 LOCK_FILE = ".napari-cass.lock"
