@@ -155,6 +155,10 @@ class BatchController:
                 self.viewer.layers.remove(image)
             image = self.viewer.add_image(data, name=stem, rgb=rgb)
             self._image = image
+            kept = self.labels_layer
+            if kept is not None:  # the new image goes under the mask, not over it (hiding it)
+                layers = self.viewer.layers
+                layers.move(layers.index(image), layers.index(kept))
         shape = data.shape[:2]
         classes = self.table.label_classes()
         labels = self.labels_layer

@@ -234,3 +234,25 @@ def test_reopening_the_dock_keeps_labels_after_a_class_removal(qtbot, make_napar
     set_classes(qtbot, w2, "dog, grass, sky")  # same names keep their labels
     np.testing.assert_array_equal(layer.data, before)
     assert list(layer.features["class"]) == ["background", "dog", "grass", "sky"]
+
+
+def test_batch_mask_stays_above_a_grey_image(qtbot, plugin, tmp_path: Path) -> None:
+    """Next from a colour to a grey image re-adds the image layer; it was added on top of the
+    mask, hiding every label."""
+    import imageio.v3 as iio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    iio.imwrite(src / "a.png", (rng.random((32, 40, 3)) * 255).astype(np.uint8))
+    iio.imwrite(src / "b.png", (rng.random((32, 40)) * 255).astype(np.uint8))
+    w = plugin
+    w.class_table.set_from_text("cat, dog")
+    _open(qtbot, w, src, tmp_path / "out")
+    assert [ly.name for ly in w.viewer.layers] == ["a", "a labels"]
+    click(qtbot, w.batch_panel.next_btn)
+    _wait(qtbot, w)
+    assert [ly.name for ly in w.viewer.layers] == ["b", "b labels"]  # bottom to top
+    click(qtbot, w.batch_panel.prev_btn)
+    _wait(qtbot, w)
+    assert [ly.name for ly in w.viewer.layers] == ["a", "a labels"]
