@@ -152,17 +152,10 @@ def run_description(args: argparse.Namespace, segmenter: Any) -> dict[str, Any]:
     }
     if getattr(args, "server", None):  # --random-weights is ignored there: the server's models say
         description["random_weights"] = models.get("clip_weights") == "random"
-        description["server"] = _without_credentials(str(getattr(segmenter, "url", args.server)))
+        from ..server import url_without_credentials
+
+        description["server"] = url_without_credentials(str(getattr(segmenter, "url", args.server)))
     return description
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` part: classes.json travels with the masks."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
 
 
 def _class_prompts(args: argparse.Namespace) -> list[Any]:

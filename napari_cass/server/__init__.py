@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._auth import TokenError, default_token_path, is_loopback, load_or_create_token, read_token
 from ._client import RemoteSegmenter, RemoteSegmenterError
+from ._http import url_without_credentials
 from ._protocol import Limits
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "is_loopback",
     "load_or_create_token",
     "read_token",
+    "url_without_credentials",
 ]
 
 

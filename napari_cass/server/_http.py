@@ -12,7 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 
-__all__ = ["ConnectionFailed", "Transport", "make_transport"]
+__all__ = ["ConnectionFailed", "Transport", "make_transport", "url_without_credentials"]
 
 
 class ConnectionFailed(OSError):
@@ -137,3 +137,16 @@ def make_transport(backend: str = "auto", connect_timeout: float = 5.0,
             if backend == "httpx":
                 raise
     return _UrllibTransport(connect_timeout, ssl_context)
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for anything written down or shown.
+
+    Server addresses end up in ``classes.json`` and in layer metadata, which travel with
+    the masks; credentials in the address must not.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
