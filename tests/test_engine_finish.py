@@ -137,3 +137,36 @@ def test_engine_result_equals_the_full_path_on_tiny_models(models, monkeypatch):
     full = seg.segment(image, ["cat", ["car", "automobile", "truck"], "road", ["sky", "cloud"]], return_probabilities=True)
     assert_matches_full_path(full, *ref)
     assert np.abs(full.confidence - res.confidence).max() <= 2 * TOL
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_finite_check_in_blocks_sees_every_row(monkeypatch, bad):
+    # The guard checks the logits a block of rows at a time (isfinite makes two
+    # temporaries of the logits' size); a block of one row here, so every block boundary
+    # is crossed, and a bad value in any row (first, middle, last) must be found.
+    from napari_cass.engine import _finish
+
+    monkeypatch.setattr(_finish, "BAND_ELEMENTS", 20)  # 10 elements a block: one 3 x 4 row each
+    logits = torch.rand(7, 3, 4, generator=torch.Generator().manual_seed(0))
+    assert _finish._all_finite(logits)
+    for row in (0, 3, 6):
+        spoiled = logits.clone()
+        spoiled[row, 2, 1] = bad
+        assert not _finish._all_finite(spoiled)
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            _finish.finish_logits(spoiled, (14, 8), [(0, 2), (2, 4)], logit_scale=40.0)
+
+
+def test_release_freed_heap_runs_on_glibc_and_changes_no_result():
+    # Returning free heap pages is a glibc call on Linux, a no-op elsewhere; either way
+    # the finished outputs are the same numbers before and after.
+    import sys
+
+    from napari_cass.engine import _finish
+
+    logits = torch.rand(9, 11, 4, generator=torch.Generator().manual_seed(2))
+    before = _finish.finish_logits(logits, (30, 40), [(0, 1), (1, 4)], logit_scale=40.0)
+    ran = _finish.release_freed_heap()
+    assert ran is (sys.platform.startswith("linux") and _finish._malloc_trim() is not None)
+    after = _finish.finish_logits(logits, (30, 40), [(0, 1), (1, 4)], logit_scale=40.0)
+    assert np.array_equal(before.labels, after.labels) and np.array_equal(before.confidence, after.confidence)

@@ -13,7 +13,7 @@ import torch
 from ._backbones import ClipVision, Vfm
 from ._device import resolve_device
 from ._encoder_inputs import clip_input, float_tokens, vfm_input
-from ._finish import finish_logits, query_groups
+from ._finish import finish_logits, query_groups, release_freed_heap
 from ._image import RgbImage, load_rgb, pad_pixels, padded_size, resize_image, resized_size
 from ._logits import VisionFeatures, merged_logits
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
@@ -267,6 +267,7 @@ class Segmenter:
             report = Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
             vision = self._vision(rgb, report)
             self._cache.put(key, vision)
+            release_freed_heap()  # the encoders' freed temporaries, before the text tower's
         else:
             report = Reporter(progress, cancel, 2)
         report.check()
