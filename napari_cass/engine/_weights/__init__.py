@@ -8,8 +8,8 @@
 - :mod:`._messages`: one message naming every missing model.
 - :mod:`._resolve`: building models with their weights, import and download.
 
-No code path executes a weights file's code: there is no ``torch.jit.load`` and
-no unrestricted unpickling anywhere here.
+No code path executes a weights file's code: TorchScript's loader (``torch.jit``) is never called and
+nothing is unpickled without restrictions.
 """
 
 from ._files import load_state_dict_file

@@ -1,6 +1,6 @@
 """OpenAI's TorchScript CLIP releases, read as data: nothing in the archive is executed.
 
-A TorchScript archive is a model with its own code: ``torch.jit.load`` runs the
+A TorchScript archive is a model with its own code: TorchScript's loader runs the
 archive's ``__setstate__`` methods, so a crafted file can do anything the user
 can (write files, for example). napari-cass therefore never calls it. It accepts
 a TorchScript archive only when the file's SHA-256 is one of OpenAI's CLIP
@@ -82,7 +82,7 @@ def refusal_message(path: Path, sha256: str) -> str:
         f"{sha256} is not one of OpenAI's CLIP releases ({known}). napari-cass never runs code "
         "from a weights file, so it reads TorchScript only for those releases. If you trust this "
         "file, convert it where running its code is acceptable (e.g. a throw-away environment): "
-        "load it there with torch.jit.load, save the weights with "
+        "load it there with PyTorch's TorchScript loader (torch.jit), save the weights with "
         "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), and import that "
         "file: napari-cass weights import weights.safetensors --model NAME. Otherwise download "
         "the weights as .safetensors from the model's Hugging Face page."
