@@ -36,6 +36,22 @@ def tiny_model_set() -> tuple[Any, Any, Any]:
 
 
 @pytest.fixture
+def cli_builds(tiny_model_set: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The CLI's model loading replaced by the tiny random models; records each build's args."""
+    from napari_cass.cli import _segment as segment_command
+    from napari_cass.engine import Segmenter
+
+    built: list[Any] = []
+
+    def build(args: Any) -> Any:
+        built.append(args)
+        return Segmenter.from_models(*tiny_model_set, method=args.method, preset=args.preset, device="cpu")
+
+    monkeypatch.setattr(segment_command, "build_segmenter", build)
+    return built
+
+
+@pytest.fixture
 def tiny_factory(tiny_model_set: tuple[Any, Any, Any]) -> Callable[..., Any]:
     """A ``segmenter_factory`` for the widget that never touches real weights.
 

@@ -16,30 +16,7 @@ import torch
 from PIL import Image
 
 from napari_cass import cli
-from napari_cass.cli import _segment as segment_command
 from napari_cass.io import read_classes_json, read_label_image
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple:
-    from napari_cass.engine.testing import tiny_models
-
-    return tiny_models()
-
-
-@pytest.fixture()
-def fake_models(tiny: tuple, monkeypatch: pytest.MonkeyPatch) -> list:
-    """Replace the real model loading with tiny random models; records each build's args."""
-    from napari_cass.engine import Segmenter
-
-    built: list = []
-
-    def build(args):
-        built.append(args)
-        return Segmenter.from_models(*tiny, method=args.method, preset=args.preset, device="cpu")
-
-    monkeypatch.setattr(segment_command, "build_segmenter", build)
-    return built
 
 
 @pytest.fixture()
@@ -65,7 +42,7 @@ def _visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models, capsys) -> None:
+def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, cli_builds, capsys) -> None:
     shapes = _write_images(tmp_path / "in")
     (tmp_path / "in" / "broken.png").write_bytes(b"this is not a png")
     (tmp_path / "in" / "notes.txt").write_text("ignored: not an image suffix")
@@ -101,10 +78,10 @@ def test_segment_folder_writes_masks_overlays_and_classes(tmp_path, fake_models,
         assert labels.shape == shape and labels.max() < 3
         with Image.open(out / f"{stem}_overlay.png") as overlay:
             assert overlay.mode == "RGB" and overlay.size == (shape[1], shape[0])
-    assert len(fake_models) == 1
+    assert len(cli_builds) == 1
 
 
-def test_a_finished_folder_is_not_redone_and_overwrite_redoes_it(tmp_path, fake_models, capsys) -> None:
+def test_a_finished_folder_is_not_redone_and_overwrite_redoes_it(tmp_path, cli_builds, capsys) -> None:
     _write_images(tmp_path / "in")
     out = tmp_path / "out"
     args = ["segment", str(tmp_path / "in" / "street.png"), "--classes", "cat, dog", "--method", "clip",
@@ -116,13 +93,13 @@ def test_a_finished_folder_is_not_redone_and_overwrite_redoes_it(tmp_path, fake_
     assert cli.main(args) == 0  # resume: everything is done, no model is loaded
     captured = capsys.readouterr()
     assert "already segmented" in captured.out and "--overwrite" in captured.out
-    assert len(fake_models) == 1 and (out / "street.png").stat().st_mtime_ns == stamp
+    assert len(cli_builds) == 1 and (out / "street.png").stat().st_mtime_ns == stamp
 
     assert cli.main([*args, "--overwrite"]) == 0
-    assert len(fake_models) == 2 and "Segmented 1 of 1" in capsys.readouterr().out
+    assert len(cli_builds) == 2 and "Segmented 1 of 1" in capsys.readouterr().out
 
 
-def test_files_not_made_by_napari_cass_are_refused_before_the_model_loads(tmp_path, fake_models,
+def test_files_not_made_by_napari_cass_are_refused_before_the_model_loads(tmp_path, cli_builds,
                                                                            capsys) -> None:
     _write_images(tmp_path / "in")
     out = tmp_path / "out"
@@ -132,13 +109,13 @@ def test_files_not_made_by_napari_cass_are_refused_before_the_model_loads(tmp_pa
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "street.png" in err and "classes.json" in err and "--overwrite" in err
-    assert err.count("\n") == 1 and not fake_models  # one clear line, before building the model
+    assert err.count("\n") == 1 and not cli_builds  # one clear line, before building the model
     assert (out / "street.png").read_bytes() == b"the user's own file"
     assert cli.main([*args, "--overwrite"]) == 0
     assert read_label_image(out / "street.png").shape == (40, 56)
 
 
-def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, fake_models, capsys) -> None:
+def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, cli_builds, capsys) -> None:
     """Random-weight models: mask value 0 stays "background" (unlabelled), as in the plugin's exports."""
     _write_images(tmp_path / "in")
     classes_file = tmp_path / "classes.txt"
@@ -155,10 +132,10 @@ def test_without_background_class_k_is_mask_value_k_plus_1(tmp_path, fake_models
     assert all(c["color"] != [0, 0, 0] for c in doc["classes"][1:])
     labels = read_label_image(out / "grey.png")
     assert labels.min() >= 1 and labels.max() <= 2  # every pixel gets a class: values 1..2
-    assert fake_models[0].method == "cass" and fake_models[0].clip == "ViT-B-16"
+    assert cli_builds[0].method == "cass" and cli_builds[0].clip == "ViT-B-16"
 
 
-def test_recursive_folders_and_name_collisions(tmp_path, fake_models, capsys) -> None:
+def test_recursive_folders_and_name_collisions(tmp_path, cli_builds, capsys) -> None:
     from napari_cass.io import plan_outputs
 
     for sub in ("a", "b"):
@@ -192,7 +169,7 @@ def test_recursive_folders_and_name_collisions(tmp_path, fake_models, capsys) ->
     (["segment", "{img}", "--classes-file", "nope.txt", "--out", "o"], "Class file"),
     (["segment", "{img}", "--classes", "cat", "--threads", "0", "--out", "o"], "--threads"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, fake_models, capsys, monkeypatch, argv, message) -> None:
+def test_bad_input_is_one_clear_line(tmp_path, cli_builds, capsys, monkeypatch, argv, message) -> None:
     _write_images(tmp_path / "in")
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("{img}", str(tmp_path / "in" / "grey.png")) for a in argv]
@@ -200,10 +177,10 @@ def test_bad_input_is_one_clear_line(tmp_path, fake_models, capsys, monkeypatch,
     err = capsys.readouterr().err
     assert message in err and err.startswith("napari-cass: error:")
     assert "Traceback" not in err
-    assert not fake_models
+    assert not cli_builds
 
 
-def test_debug_shows_the_traceback(tmp_path, fake_models) -> None:
+def test_debug_shows_the_traceback(tmp_path, cli_builds) -> None:
     with pytest.raises(Exception, match="does not exist"):
         cli.main(["segment", str(tmp_path / "missing.png"), "--classes", "cat", "--out", str(tmp_path),
                   "--debug"])

@@ -15,30 +15,7 @@ import pytest
 from PIL import Image
 
 from napari_cass import cli
-from napari_cass.cli import _segment as segment_command
 from napari_cass.io import plan_outputs, read_classes_json
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple:
-    from napari_cass.engine.testing import tiny_models
-
-    return tiny_models()
-
-
-@pytest.fixture()
-def builds(tiny: tuple, monkeypatch: pytest.MonkeyPatch) -> list:
-    """Local model loading replaced by tiny random models; records every build."""
-    from napari_cass.engine import Segmenter
-
-    built: list = []
-
-    def build(args):
-        built.append(args)
-        return Segmenter.from_models(*tiny, method=args.method, preset=args.preset, device="cpu")
-
-    monkeypatch.setattr(segment_command, "build_segmenter", build)
-    return built
 
 
 def _images(folder: Path, names=("street", "grey")) -> None:
@@ -49,7 +26,7 @@ def _images(folder: Path, names=("street", "grey")) -> None:
 
 
 # ------------------------------------------------------------------ sources in classes.json
-def test_classes_json_records_sources_relative_to_the_output_folder(tmp_path, builds, monkeypatch, capsys):
+def test_classes_json_records_sources_relative_to_the_output_folder(tmp_path, cli_builds, monkeypatch, capsys):
     """No absolute path of the user's disk in a folder that gets shared; moved folders resume."""
     project = tmp_path / "project"
     _images(project / "photos")
@@ -58,7 +35,7 @@ def test_classes_json_records_sources_relative_to_the_output_folder(tmp_path, bu
     text = (project / "masks" / "classes.json").read_text(encoding="utf-8")
     assert str(tmp_path) not in text
     assert json.loads(text)["images"] == {"grey": "../photos/grey.png", "street": "../photos/street.png"}
-    assert len(builds) == 1
+    assert len(cli_builds) == 1
 
     # The project moves (another disk, another user's copy); run from elsewhere: all done.
     moved = tmp_path / "elsewhere" / "copy"
@@ -68,7 +45,7 @@ def test_classes_json_records_sources_relative_to_the_output_folder(tmp_path, bu
     capsys.readouterr()
     assert cli.main(["segment", str(moved / "photos"), "--classes", "cat", "--out", str(moved / "masks")]) == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert len(builds) == 1  # no models loaded: nothing was redone
+    assert len(cli_builds) == 1  # no models loaded: nothing was redone
 
     # A new image in the moved folder: resumed, the table still relative.
     _images(moved / "photos", names=("new",))
@@ -76,10 +53,10 @@ def test_classes_json_records_sources_relative_to_the_output_folder(tmp_path, bu
     doc = read_classes_json(moved / "masks" / "classes.json")
     assert doc["images"] == {"grey": "../photos/grey.png", "new": "../photos/new.png",
                              "street": "../photos/street.png"}
-    assert len(builds) == 2
+    assert len(cli_builds) == 2
 
 
-def test_absolute_sources_of_older_tables_still_keep_their_names(tmp_path, builds):
+def test_absolute_sources_of_older_tables_still_keep_their_names(tmp_path, cli_builds):
     """A classes.json written with absolute paths (earlier versions) is read as before."""
     _images(tmp_path / "in", names=("a",))
     out = tmp_path / "out"
@@ -94,7 +71,7 @@ def test_absolute_sources_of_older_tables_still_keep_their_names(tmp_path, build
     plan = plan_outputs([str(tmp_path / "in")], out)
     assert [item.name for item in plan.images] == ["special", "b"]
     assert cli.main(["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out)]) == 0
-    assert len(builds) == 2 and not (out / "a.png").exists()  # "a" resumed as "special", only "b" done
+    assert len(cli_builds) == 2 and not (out / "a.png").exists()  # "a" resumed as "special", only "b" done
     assert read_classes_json(out / "classes.json")["images"] == {"b": "../in/b.png", "special": "../in/a.png"}
 
 
@@ -102,14 +79,14 @@ def test_absolute_sources_of_older_tables_still_keep_their_names(tmp_path, build
 SERVER_MODELS = {"clip": "ViT-B-16", "clip_weights": "openai", "vfm": "dino_vitb8"}
 
 
-def test_server_runs_record_the_servers_models_and_resume_only_with_them(tmp_path, tiny, capsys):
+def test_server_runs_record_the_servers_models_and_resume_only_with_them(tmp_path, tiny_model_set, capsys):
     """A folder made on a server is never continued with other models (server or local)."""
     from napari_cass.engine import Segmenter
     from napari_cass.server import BackgroundServer, create_app
 
     _images(tmp_path / "in", names=("a",))
     out = tmp_path / "out"
-    seg = Segmenter.from_models(*tiny, device="cpu")
+    seg = Segmenter.from_models(*tiny_model_set, device="cpu")
     seg.model_names = dict(SERVER_MODELS)
     with BackgroundServer(create_app(seg)) as server:
         argv = ["segment", str(tmp_path / "in"), "--classes", "cat", "--out", str(out), "--server", server.url]
@@ -144,7 +121,7 @@ def test_server_runs_record_the_servers_models_and_resume_only_with_them(tmp_pat
         assert "clip not recorded there, 'ViT-B-16' in this run" in capsys.readouterr().err
 
 
-def test_a_local_run_does_not_continue_a_server_folder_with_other_models(tmp_path, builds, capsys):
+def test_a_local_run_does_not_continue_a_server_folder_with_other_models(tmp_path, cli_builds, capsys):
     """A folder a server made: resumed locally only with the models it records."""
     from napari_cass.engine import normalize_classes
     from napari_cass.io import RunClasses, check_output_folder, start_run
@@ -162,16 +139,16 @@ def test_a_local_run_does_not_continue_a_server_folder_with_other_models(tmp_pat
         assert cli.main([*argv, *extra]) == 2
         err = capsys.readouterr().err
         assert "clip not recorded there" in err and "server 'http://gpu-box:8765' there" in err
-    assert builds == []  # refused before any model loads
+    assert cli_builds == []  # refused before any model loads
     # A server run that recorded its models (pretrained weights).
     server = {"method": "cass", "preset": "interactive", "clip": "ViT-B-16", "vfm": "dino_vitb8",
               "random_weights": False}
     start_run(plan, classes, server, check_output_folder(plan, classes, server, overwrite=True))
     assert cli.main([*argv, "--random-weights"]) == 2
     assert "random_weights False there, True in this run" in capsys.readouterr().err
-    assert builds == []
+    assert cli_builds == []
     assert cli.main(argv) == 0  # the same models locally: that folder resumes
-    assert len(builds) == 1
+    assert len(cli_builds) == 1
 
 
 # ------------------------------------------------------------------ names at the length limit
@@ -214,7 +191,7 @@ def test_collision_suffixes_keep_names_within_the_limit():
         assert all(safe_filename(n) == n for n in names)  # what _previous_names accepts on resume
 
 
-def test_an_output_folder_above_the_input_folder_is_not_taken_for_masks(tmp_path, builds, monkeypatch):
+def test_an_output_folder_above_the_input_folder_is_not_taken_for_masks(tmp_path, cli_builds, monkeypatch):
     """``segment photos --out .`` used to skip every image ("No images in folder photos")."""
     _images(tmp_path / "photos")
     monkeypatch.chdir(tmp_path)
@@ -228,7 +205,7 @@ def test_an_output_folder_above_the_input_folder_is_not_taken_for_masks(tmp_path
     assert sorted(read_classes_json(tmp_path / "photos" / "masks" / "classes.json")["images"]) == [
         "grey", "street"]
     assert cli.main(argv) == 0
-    assert len(builds) == 2  # the second recursive run found its masks done, not new images
+    assert len(cli_builds) == 2  # the second recursive run found its masks done, not new images
 
 
 # ------------------------------------------------------------------ the client's token
@@ -296,7 +273,7 @@ def test_server_url_recorded_without_credentials():
 
 
 # ------------------------------------------------------------------ corrected masks are kept
-def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, builds, capsys):
+def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, cli_builds, capsys):
     """Re-running used to re-segment such an image and overwrite the annotator's mask."""
     from napari_cass.io import RunClasses, read_label_image, write_indexed_png
 
@@ -314,7 +291,7 @@ def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, builds, ca
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert "drew 2 missing overlay(s)" in err and "nothing to do" not in err
-    assert len(builds) == 1  # no image segmented again
+    assert len(cli_builds) == 1  # no image segmented again
     np.testing.assert_array_equal(read_label_image(out / "a.png"), corrected)
     with Image.open(out / "a_overlay.png") as overlay:
         drawn = np.asarray(overlay.convert("RGB"))
@@ -327,7 +304,7 @@ def test_a_corrected_mask_whose_overlay_was_deleted_is_kept(tmp_path, builds, ca
     assert (out / "b_overlay.png").is_file()
 
 
-def test_an_output_never_replaces_an_input_image(tmp_path, builds, monkeypatch, capsys):
+def test_an_output_never_replaces_an_input_image(tmp_path, cli_builds, monkeypatch, capsys):
     """``segment a.png --out . --overwrite`` in the images' folder replaced the photo by its mask."""
     _images(tmp_path / "photos", names=("a", "b"))
     before = (tmp_path / "photos" / "a.png").read_bytes()
@@ -337,4 +314,4 @@ def test_an_output_never_replaces_an_input_image(tmp_path, builds, monkeypatch, 
         err = capsys.readouterr().err
         assert "would replace the input image" in err and "another output folder" in err
     assert (tmp_path / "photos" / "a.png").read_bytes() == before
-    assert builds == [] and sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png", "b.png"]
+    assert cli_builds == [] and sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png", "b.png"]
