@@ -13,8 +13,17 @@ import pytest
 
 from napari_cass.io import read_classes_json
 
-from _gui_actions import click
+from _gui_actions import click, set_classes
 from test_batch import _mask_file, _open, _wait, _write_images
+
+
+def _segment_pic(qtbot, w, image: np.ndarray, classes: str = "cat, dog"):
+    """Add ``image`` as "pic", type ``classes``, press Segment, wait; its labels layer."""
+    w.viewer.add_image(image, name="pic")
+    set_classes(qtbot, w, classes)
+    click(qtbot, w.segment_btn)
+    _wait(qtbot, w)
+    return w.labels_layer_for("pic")
 
 
 def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, tmp_path: Path,
@@ -58,15 +67,10 @@ def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, t
 
 def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_image: np.ndarray) -> None:
     """Set "cat, puppy" over "cat, dog" used to turn every painted dog into 0 without asking."""
-    from _gui_actions import set_classes
     from napari.layers import Labels
 
     w = plugin
-    w.viewer.add_image(rgb_image, name="pic")
-    set_classes(qtbot, w, "cat, dog")
-    click(qtbot, w.segment_btn)
-    _wait(qtbot, w)
-    layer = w.labels_layer_for("pic")
+    layer = _segment_pic(qtbot, w, rgb_image)
     engine = np.array(layer.data, copy=True)
     layer.brush_size = 3
     layer.paint((20, 20), 2)  # a hand-painted "dog"
@@ -98,14 +102,9 @@ def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_imag
 
 def test_classes_beyond_255_widen_the_layer_at_once(qtbot, plugin, rgb_image: np.ndarray) -> None:
     """A table grown past 255 classes left the layer uint8: napari refused to paint label 256."""
-    from _gui_actions import set_classes
 
     w = plugin
-    w.viewer.add_image(rgb_image, name="pic")
-    set_classes(qtbot, w, "cat, dog")
-    click(qtbot, w.segment_btn)
-    _wait(qtbot, w)
-    layer = w.labels_layer_for("pic")
+    layer = _segment_pic(qtbot, w, rgb_image)
     layer.brush_size = 3
     layer.paint((10, 10), 2)
     before = np.array(layer.data, copy=True)
@@ -127,14 +126,9 @@ def test_a_bad_typed_name_goes_back_and_labels_stay(qtbot, plugin, rgb_image: np
                                                     notes: dict) -> None:
     """Typing a duplicate, empty or reserved name in the table used to be taken (two 'cat's on
     the layer, the run refused later); it is refused at once and the old name comes back."""
-    from _gui_actions import set_classes
 
     w = plugin
-    w.viewer.add_image(rgb_image, name="pic")
-    set_classes(qtbot, w, "cat, dog")
-    click(qtbot, w.segment_btn)
-    _wait(qtbot, w)
-    layer = w.labels_layer_for("pic")
+    layer = _segment_pic(qtbot, w, rgb_image)
     before = np.array(layer.data, copy=True)
     item = w.class_table.table.item(2, 1)
     for bad, why in (("Cat", "already a class"), ("  ", "needs a name"), ("Background", "reserved")):
@@ -151,14 +145,9 @@ def test_a_bad_typed_name_goes_back_and_labels_stay(qtbot, plugin, rgb_image: np
 
 def test_undo_last_run_counts_only_pixels_it_changes(qtbot, plugin, rgb_image: np.ndarray) -> None:
     """"last run undone (3063 px restored)" counted every pixel the run wrote, changed or not."""
-    from _gui_actions import set_classes
 
     w = plugin
-    w.viewer.add_image(rgb_image, name="pic")
-    set_classes(qtbot, w, "cat, dog")
-    click(qtbot, w.segment_btn)
-    _wait(qtbot, w)
-    layer = w.labels_layer_for("pic")
+    layer = _segment_pic(qtbot, w, rgb_image)
     first = np.array(layer.data, copy=True)
     w.replace_all_check.setChecked(True)
     set_classes(qtbot, w, "cat, dog, grass")
@@ -174,7 +163,6 @@ def test_opening_a_batch_leaves_the_shown_image_labels_alone(qtbot, plugin, rgb_
                                                              tmp_path: Path) -> None:
     """Opening a batch whose classes.json differs used to remap the labels of the image shown
     before (every 'cat' and 'dog' pixel of 'pic' became 0, then 'car' / 'road')."""
-    from _gui_actions import set_classes
 
     _write_images(tmp_path / "in")
     out = tmp_path / "out"
@@ -207,7 +195,6 @@ def test_reopening_the_dock_keeps_labels_after_a_class_removal(qtbot, make_napar
                                                                 rgb_image: np.ndarray) -> None:
     """The reopened dock restored its saved class list as an edit of the open labels: after
     'cat' had been removed, all 3,072 px were renumbered (a painted 'dog' became 'grass')."""
-    from _gui_actions import set_classes
     from conftest import open_plugin
 
     viewer = make_napari_viewer(show=True)
