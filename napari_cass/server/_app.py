@@ -185,12 +185,16 @@ def create_app(
             jobs.pop(job_id, None)
         return await run_in_threadpool(_reply, job, result, spec)
 
-    @app.get(API_PREFIX + "/jobs/{job_id}")
-    async def job_status(job_id: str, request: Request) -> dict:
+    def find_job(job_id: str, request: Request):
         authorize(request)
         job = jobs.get(job_id)
         if job is None:
             raise ApiError(404, "not_found", f"No job {job_id} is queued or running.")
+        return job
+
+    @app.get(API_PREFIX + "/jobs/{job_id}")
+    async def job_status(job_id: str, request: Request) -> dict:
+        job = find_job(job_id, request)
         done, total, message = job.progress
         state = "queued" if job.started is None else "running"
         return {"state": state, "position": worker.position(job), "done": done, "total": total,
@@ -198,11 +202,7 @@ def create_app(
 
     @app.delete(API_PREFIX + "/jobs/{job_id}")
     async def job_cancel(job_id: str, request: Request) -> dict:
-        authorize(request)
-        job = jobs.get(job_id)
-        if job is None:
-            raise ApiError(404, "not_found", f"No job {job_id} is queued or running.")
-        job.cancel()
+        find_job(job_id, request).cancel()
         return {"cancelled": True}
 
     return app
