@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import timm  # noqa: F401
     from qtpy.QtWidgets import QApplication, QMainWindow
 
-    from napari_cass._sample_data import astronaut
+    from napari_cass.plugin._sample_data import astronaut
 
     args.out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True, title="napari-cass")

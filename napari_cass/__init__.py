@@ -3,8 +3,8 @@
 Kept deliberately light: importing the package must not import napari, Qt or
 torch, so that the CLI and the npe2 manifest discovery stay fast. The engine
 lives in :mod:`napari_cass.engine`, file formats in :mod:`napari_cass.io`, and
-the napari plugin in the private ``_widget``/``_writers``/... modules that the
-manifest (``napari.yaml``) points to.
+the napari plugin in :mod:`napari_cass.plugin` (the manifest, ``napari.yaml``,
+points to its modules).
 """
 
 from __future__ import annotations

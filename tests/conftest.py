@@ -84,7 +84,7 @@ def rgb_image() -> np.ndarray:
 @pytest.fixture
 def notes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Every notification the plugin raises (all go through ``_error_panel.notify``)."""
-    import napari_cass._error_panel as panel_mod
+    import napari_cass.plugin._error_panel as panel_mod
 
     seen: dict[str, list[str]] = {"error": [], "info": [], "warning": []}
     monkeypatch.setattr(panel_mod, "show_error", lambda m: seen["error"].append(str(m)))

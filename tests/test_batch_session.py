@@ -11,8 +11,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_cass._batch_session import PROGRESS_FILE, BatchSession
-from napari_cass._classes import LabelClasses
+from napari_cass.plugin._batch_session import PROGRESS_FILE, BatchSession
+from napari_cass.plugin._classes import LabelClasses
 from napari_cass.io import read_classes_json, read_label_image
 
 

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
 
     viewer = napari.Viewer(show=True)
     QApplication.processEvents()
-    import napari_cass._widget  # what napari imports when the dock widget is opened
+    import napari_cass.plugin._widget  # what napari imports when the dock widget is opened
     import open_clip, timm  # the engine's imports (torchvision -> torch._dynamo -> triton)
     viewer.add_image(np.zeros((8, 8)))
     QApplication.processEvents()

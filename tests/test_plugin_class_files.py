@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from napari_cass._class_table import ClassTable
+from napari_cass.plugin._class_table import ClassTable
 from napari_cass.cli._segment import _class_prompts
 from napari_cass.engine import ClassPrompt, parse_classes
 from napari_cass.engine._prompts import with_background

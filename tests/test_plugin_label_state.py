@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from napari_cass._classes import LabelClasses
-from napari_cass._label_state import LabelState, class_lut, merge_labels
+from napari_cass.plugin._classes import LabelClasses
+from napari_cass.plugin._label_state import LabelState, class_lut, merge_labels
 
 
 def _atom(slice_key, mask, value):

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_cass._server_panel import SERVER_DEVICE
-from napari_cass._widget import CassWidget
+from napari_cass.plugin._server_panel import SERVER_DEVICE
+from napari_cass.plugin._widget import CassWidget
 
 from _gui_actions import click, set_classes
 
@@ -181,8 +181,8 @@ def test_server_settings_are_remembered_but_not_a_public_token(qtbot, make_napar
                                                                tmp_path, monkeypatch) -> None:
     from conftest import open_plugin
 
-    from napari_cass._server_panel import SESSION
-    from napari_cass._settings import settings_path
+    from napari_cass.plugin._server_panel import SESSION
+    from napari_cass.plugin._settings import settings_path
 
     monkeypatch.setitem(SESSION, "token", "")  # restored after the test
     viewer = make_napari_viewer(show=True)

@@ -16,8 +16,8 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt
 
-from napari_cass._classes import META_KEY
-from napari_cass._widget import SHORTCUTS, STACK_ALL, STACK_CURRENT, CassWidget
+from napari_cass.plugin._classes import META_KEY
+from napari_cass.plugin._widget import SHORTCUTS, STACK_ALL, STACK_CURRENT, CassWidget
 
 from _gui_actions import click, set_classes
 
@@ -452,7 +452,7 @@ def test_export_refusal_speaks_gui(qtbot, plugin: CassWidget, rgb_image: np.ndar
 def test_settings_remember_one_class_with_synonyms(make_napari_viewer, tiny_factory) -> None:
     from conftest import open_plugin
 
-    from napari_cass._settings import settings_path
+    from napari_cass.plugin._settings import settings_path
 
     viewer = make_napari_viewer(show=True)
     dock, w = open_plugin(viewer, tiny_factory)
@@ -501,7 +501,7 @@ def test_close_and_reopen_dock(qtbot, make_napari_viewer, tiny_factory, rgb_imag
 
 
 def test_class_table_editing_and_files(qtbot, tmp_path) -> None:
-    from napari_cass._class_table import ClassTable
+    from napari_cass.plugin._class_table import ClassTable
 
     table = ClassTable()
     qtbot.addWidget(table)

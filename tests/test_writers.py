@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
-from napari_cass._classes import META_KEY, LabelClasses
-from napari_cass._writers import (
+from napari_cass.plugin._classes import META_KEY, LabelClasses
+from napari_cass.plugin._writers import (
     LabelsWriterError,
     write_labels_coco,
     write_labels_png,
@@ -211,7 +211,7 @@ def test_manifest_writers_through_napari(tmp_path: Path, npe2pm) -> None:
         assert not (tmp_path / "stack.png").exists() and not (tmp_path / "stack2.png").exists()
         samples = {s.key for s in npe2pm.iter_sample_data() for s in s[1]}
         assert {"astronaut", "chelsea", "coffee"} <= samples
-    from napari_cass._sample_data import astronaut, chelsea, coffee
+    from napari_cass.plugin._sample_data import astronaut, chelsea, coffee
 
     for fn in (astronaut, chelsea, coffee):
         (data, kwargs, kind), = fn()

@@ -4,7 +4,7 @@
 dataset layout of :func:`napari_cass.io.export_dataset_item`: ``images/``,
 ``masks/``, ``classes.json``) and keeps ``progress.json`` in the output folder so
 a session resumes where the user left off. It imports no Qt: the Qt panel in
-:mod:`napari_cass._batch` and the widget call it.
+:mod:`napari_cass.plugin._batch` and the widget call it.
 
 * Mask names keep the letters of the image names (``猫.png`` -> ``masks/猫.png``),
   collision-free even on case-insensitive file systems; ``progress.json`` records

@@ -1,7 +1,7 @@
 """What the plugin knows about one Labels layer: engine output, manual edits, run history.
 
 Free of Qt and napari so it is easy to test and reason about. The napari side
-(:mod:`napari_cass._label_sync`) keeps one :class:`LabelState` per Labels layer,
+(:mod:`napari_cass.plugin._label_sync`) keeps one :class:`LabelState` per Labels layer,
 keyed by the layer's ``unique_id`` (stable, unlike ``id()`` of the proxy objects
 napari hands a plugin).
 

@@ -1,8 +1,8 @@
 """Batch mode's Qt panel: folder pickers, Open / resume, Previous / Next.
 
 The Qt-free :class:`BatchSession` (listing, saving, ``progress.json``) lives in
-:mod:`napari_cass._batch_session` and is re-exported here; the napari side
-(layers reused in place, auto-save) is :mod:`napari_cass._batch_controller`.
+:mod:`napari_cass.plugin._batch_session` and is re-exported here; the napari side
+(layers reused in place, auto-save) is :mod:`napari_cass.plugin._batch_controller`.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def save_settings(settings: WidgetSettings) -> Path | None:
     read (``chmod 600 widget.json``); otherwise it is left out (the widget keeps it for
     the session). A token file is remembered by its path, never by its content.
     """
-    from .io import atomic_write
+    from napari_cass.io import atomic_write
 
     path = settings_path()
     data = asdict(settings)

@@ -11,7 +11,7 @@ or token means a new client, and the same settings re-use the connection.
 
 Tokens: a token *file* is remembered by its path only. A pasted token is written to
 the settings file only when that file is readable by its owner alone (see
-:func:`napari_cass._settings.save_settings`); otherwise it is kept in memory for this
+:func:`napari_cass.plugin._settings.save_settings`); otherwise it is kept in memory for this
 napari session (:data:`SESSION`), so reopening the dock does not ask for it again.
 ``napari_cass.server`` is imported only when the server is used (it never needs
 FastAPI on this side).

@@ -301,7 +301,7 @@ class CassWidget(QWidget):
             settings=dict(zip(("clip", "vfm", "method", "preset", "device"), key)),
         )
         if self.model.uses_server:  # which server made these labels
-            from .server import url_without_credentials
+            from napari_cass.server import url_without_credentials
 
             self._ctx.settings["server"] = url_without_credentials(factory.url)
         self.runner.start(images, prompts, classes.background(), key)
