@@ -127,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = str(exc) or type(exc).__name__
             if isinstance(exc, (KeyError,)) and exc.args:
                 message = str(exc.args[0])
-            print(f"napari-cass: error: {message}", file=sys.stderr)
+            from ..io import printable  # a file name's ESC must not drive the terminal
+
+            print(f"napari-cass: error: {printable(message, newlines=True)}", file=sys.stderr)
             return 2
     except BrokenPipeError:
         _silence_stdout()

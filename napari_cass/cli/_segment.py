@@ -11,11 +11,8 @@ class lists). Only then do the models load. The folder logic is
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from ._common import (
     VFM_CHOICES,
     CliError,
 )
+from ._console import Progress, terminate_as_interrupt
 
 __all__ = ["add_segment_parser", "build_segmenter", "run_settings"]
 
@@ -179,34 +177,22 @@ def _class_prompts(args: argparse.Namespace) -> list[Any]:
                                         "--background was given too")) from None
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a batch scheduler's time limit) stops the run like Ctrl-C.
-
-    The image being written is then abandoned cleanly (its temporary file removed) and
-    the exit code is 130. Only in the main thread, where Python can take signals.
-    """
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, AttributeError, OSError):  # not the main thread, or no SIGTERM
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _say(message: str) -> None:
-    print(f"napari-cass: {message}", file=sys.stderr)
+    """A message on stderr; control characters in it (a file name's ESC) are escaped."""
+    from ..io import printable
+
+    print(f"napari-cass: {printable(message, newlines=True)}", file=sys.stderr)
+
+
+def _shown(path: object) -> str:
+    """A file name as printed: every control character escaped, line breaks too."""
+    from ..io import printable
+
+    return printable(path)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from ..io import (RunClasses, RunLock, check_output_folder, clean_temp_files, mask_suffix_for,
-                      max_pixels_limit, plan_outputs, write_missing_overlays)
+    from ..io import RunClasses, mask_suffix_for, max_pixels_limit, plan_outputs
 
     # 1. Everything that can be checked without the models, before loading them.
     if args.threads is not None and args.threads < 1:
@@ -227,7 +213,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     renamed = [item for item in plan.renamed()  # said once: not again when a run resumes
                if plan.previous_names.get(str(item.source)) != item.name]
     for item in renamed[:10]:
-        _say(f"note: {item.source} is written as {item.mask.name} (another image has its name).")
+        _say(f"note: {_shown(item.source)} is written as {_shown(item.mask.name)} (another image has its name).")
     if len(renamed) > 10:
         _say(f"note: {len(renamed) - 10} more images renamed; classes.json lists every source.")
     segmenter = None
@@ -235,31 +221,37 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         segmenter = build_segmenter(args)
     settings = run_settings(args, segmenter)
     created = not out.exists()
+    with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the lock file goes too
+        return _locked_run(args, out, created, plan, classes, prompts, settings, max_pixels, segmenter)
+
+
+def _locked_run(args, out, created, plan, classes, prompts, settings, max_pixels, segmenter) -> int:
+    from ..io import RunLock, check_output_folder, clean_temp_files, write_missing_overlays
+
     lock = RunLock(out).acquire()
     try:
         removed = clean_temp_files(out)
         if removed:
-            _say(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}.")
+            _say(f"removed {len(removed)} temporary file(s) left by an interrupted run in {_shown(out)}.")
         decision = check_output_folder(plan, classes, settings, overwrite=args.overwrite)
         if decision.overlays:  # masks kept (they may hold corrections); only their quick looks drawn
             failed = write_missing_overlays(decision, classes, max_pixels)
-            _say(f"drew {len(decision.overlays) - len(failed)} missing overlay(s) from their masks in {out} "
+            _say(f"drew {len(decision.overlays) - len(failed)} missing overlay(s) from their masks in {_shown(out)} "
                  "(the masks are kept as they are).")
             for item, reason in failed:
-                _say(f"note: no overlay for {item.mask.name}: {reason}")
+                _say(f"note: no overlay for {_shown(item.mask.name)}: {reason}")
         todo = decision.todo(plan)
         if not todo:
-            print(f"All {len(plan.images)} image(s) are already segmented into {out} with these "
+            print(f"All {len(plan.images)} image(s) are already segmented into {_shown(out)} with these "
                   "classes; nothing to do (--overwrite redoes them).")
             return 0
         if decision.done:
-            _say(f"resuming: {len(decision.done)} of {len(plan.images)} image(s) are already done in {out}.")
-        with _terminate_as_interrupt():
-            return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels, segmenter)
+            _say(f"resuming: {len(decision.done)} of {len(plan.images)} image(s) are already done in "
+                 f"{_shown(out)}.")
+        return _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels, segmenter)
     finally:
-        lock.release()
+        lock.release()  # removes the lock file
         if created and not plan.classes_path.exists():  # failed before writing anything
-            lock.path.unlink(missing_ok=True)
             try:
                 out.rmdir()
             except OSError:
@@ -267,9 +259,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pixels, segmenter=None) -> int:
-    from tqdm.auto import tqdm
-
-    from ..io import read_image, start_run, write_image_outputs
+    from ..io import printable, read_image, start_run, write_image_outputs
 
     # 2. The models, then the class table before the first mask.
     if args.random_weights and not getattr(args, "server", None):
@@ -285,48 +275,34 @@ def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pix
 
     failures: list[tuple[Path, str]] = []
     written = 0
-    bar = tqdm(todo, desc="Images", unit="img", file=sys.stderr, disable=None)
-    crop_bar: Any = None
-
-    def on_progress(done: int, total: int, message: str) -> None:
-        nonlocal crop_bar
-        if bar.disable:
-            return
-        if crop_bar is None:
-            crop_bar = tqdm(total=total, desc="Crops", position=1, leave=False, file=sys.stderr)
-        crop_bar.total = total
-        crop_bar.n = done
-        crop_bar.set_postfix_str(message, refresh=True)
-
+    progress = Progress(len(todo), "Images")
     try:
-        for item in bar:
-            bar.set_postfix_str(item.source.name)
+        for item in todo:
+            progress.start_item(item.source.name)
             try:
                 image = read_image(item.source, max_pixels=max_pixels or 0)
-                result = segmenter.segment(image, prompts, progress=on_progress)
+                result = segmenter.segment(image, prompts, progress=progress.stage)
             except Exception as exc:  # a bad image must not stop the run
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failures.append((item.source, reason))
-                tqdm.write(f"napari-cass: skipped {item.source}: {reason}", file=sys.stderr)
+                progress.write(f"napari-cass: skipped {_shown(item.source)}: {reason}")
+                progress.advance()
                 continue
-            finally:
-                if crop_bar is not None:
-                    crop_bar.close()
-                    crop_bar = None
             write_image_outputs(item, image, result, classes)
             written += 1
+            progress.advance()
     except KeyboardInterrupt:
-        bar.close()
+        progress.close()
         done = len(decision.done) + written
-        _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {plan.out_dir}; "
+        _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {_shown(plan.out_dir)}; "
              "run the same command again to finish the others.")
         raise
-    bar.close()
-    print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
+    progress.close()
+    print(f"Segmented {written} of {len(todo)} image(s) into {_shown(plan.out_dir)}"
           + (f"; {len(decision.done)} more were already done." if decision.done else "."))
     if failures:
         _say(f"{len(failures)} image(s) failed:")
         for path, reason in failures:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {_shown(path)}: {printable(reason, newlines=True)}", file=sys.stderr)
         return 1
     return 0

@@ -42,20 +42,21 @@ def _help_of(parser: argparse.ArgumentParser) -> int:
 
 def _cmd_weights_list(args: argparse.Namespace) -> int:
     from ..engine._weights import cache_dir, weights_status
+    from ..io import printable
 
     rows = weights_status()
-    print(f"Cache folder: {cache_dir()}")
+    print(f"Cache folder: {printable(cache_dir())}")
     header = ("MODEL", "KIND", "STATUS", "PATH / EXPECTED FILE", "HUB")
     table = [header]
     for row in rows:
         where = row["path"] if row["present"] else row["expected"][0]
         table.append((row["model"], row["kind"], "present" if row["present"] else "missing",
-                      where, row["hub"]))
+                      printable(where), printable(row["hub"])))
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
     searched = list(dict.fromkeys(place for row in rows for place in row["searched"]))
-    print("Searched: " + "; ".join(searched))
+    print("Searched: " + "; ".join(printable(place) for place in searched))
     missing = [r["model"] for r in rows if not r["present"]]
     if missing:
         print("Get missing weights with 'napari-cass weights download --model NAME', or on an "
@@ -65,14 +66,16 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
 
 def _cmd_weights_import(args: argparse.Namespace) -> int:
     from ..engine._weights import import_weights
+    from ..io import printable
 
     target = import_weights(args.path, args.model, overwrite=args.overwrite)
-    print(f"Imported {args.path} as {args.model}: {target}")
+    print(f"Imported {printable(args.path)} as {printable(args.model)}: {printable(target)}")
     return 0
 
 
 def _cmd_weights_download(args: argparse.Namespace) -> int:
     from ..engine._weights import CLIP_MODELS, VFM_MODELS, download_weights, find_model
+    from ..io import printable
 
     names = list(args.model or DEFAULT_DOWNLOADS)
     if "all" in names:
@@ -81,5 +84,5 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
         find_model(name)  # fail on a typo before any download starts
     for name in names:
         path = download_weights(name, overwrite=args.overwrite)
-        print(f"{name}: {path}")
+        print(f"{name}: {printable(path)}")
     return 0

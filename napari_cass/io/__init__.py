@@ -24,7 +24,7 @@ from ._images import (
     read_image,
 )
 from ._masks import mask_suffix_for, read_label_image, write_indexed_png, write_label_tiff
-from ._names import safe_filename, unique_filenames
+from ._names import printable, safe_filename, unique_filenames
 from ._overlay import overlay_labels, to_uint8_rgb
 from ._palette import label_palette
 from ._plan import OutputPlan, PlannedImage, check_writable_folder, list_images, plan_outputs
@@ -73,6 +73,7 @@ __all__ = [
     "overlay_labels",
     "parse_pixel_count",
     "plan_outputs",
+    "printable",
     "read_classes_json",
     "read_image",
     "read_label_image",

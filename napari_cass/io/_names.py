@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-__all__ = ["safe_filename", "suffixed_filename", "unique_filenames"]
+__all__ = ["printable", "safe_filename", "suffixed_filename", "unique_filenames"]
 
 _RESERVED = {
     "CON", "PRN", "AUX", "NUL",
@@ -25,6 +25,51 @@ _ILLEGAL = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _MAX_CHARS = 120
 # Most file systems allow 255 bytes per name; leave room for suffixes and extensions.
 _MAX_BYTES = 200
+
+
+# What a terminal would act on instead of showing: C0/C1 controls (ESC starts colour and
+# clear-screen sequences, CR overwrites the line, BEL rings), DEL, line and paragraph
+# separators, bidirectional overrides (which show a name reversed) and the lone
+# surrogates that stand for undecodable bytes of a POSIX file name.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object, newlines: bool = False) -> str:
+    """``text`` as it may be printed to a terminal: control characters escaped, not acted on.
+
+    A file name holding ``ESC[2J`` clears the screen when printed raw, a ``CR`` hides what
+    came before it on the line. Every message that shows a file name or user text goes
+    through this function (the CLI, ``eval``, the Ray driver, the server's console).
+
+    Parameters
+    ----------
+    text : object
+        Converted with ``str``.
+    newlines : bool
+        Keep line feeds and tabs (a whole multi-line message); a single name escapes them
+        too, so that it cannot fake a line of its own.
+
+    Returns
+    -------
+    str
+        ``text`` with each such character written as ``\\xNN`` / ``\\uNNNN`` (``\\n``,
+        ``\\r``, ``\\t`` by name); an undecodable byte of a file name as ``\\xNN``.
+        Everything else, letters of every script and backslashes included, is unchanged.
+    """
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if newlines and char in "\n\t":
+            return char
+        code = ord(char)
+        if char in _NAMED:
+            return _NAMED[char]
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            return f"\\x{code - 0xDC00:02x}"
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(escape, str(text))
 
 
 def safe_filename(name: object, max_length: int = _MAX_CHARS) -> str:

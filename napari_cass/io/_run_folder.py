@@ -46,6 +46,7 @@ import numpy as np
 from ._atomic import atomic_write
 from ._classes_json import read_classes_json, write_classes_json
 from ._images import image_size
+from ._lock import OutputConflictError, RunLock
 from ._masks import write_indexed_png, write_label_tiff
 from ._overlay import overlay_labels
 from ._palette import label_palette
@@ -65,14 +66,9 @@ __all__ = [
     "write_missing_overlays",
 ]
 
-LOCK_FILE = ".napari-cass.lock"
 # atomic_write's temporary files: ".<stem>.<8 random>.tmp<suffix>"
 _TEMP = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 _MASK_SUFFIXES = (".png", ".tif", ".tiff")
-
-
-class OutputConflictError(FileExistsError):
-    """The output folder holds files this run may not replace or leave as they are."""
 
 
 @dataclass(frozen=True)
@@ -274,57 +270,6 @@ def check_output_folder(plan: OutputPlan, classes: RunClasses, settings: Mapping
             "another folder."
         )
     return FolderDecision(remove=existing)
-
-
-class RunLock:
-    """An exclusive lock on an output folder for the length of a run.
-
-    Two runs into one folder would interleave class tables and remove each other's
-    temporary files. The lock is an OS file lock on ``<out>/.napari-cass.lock``
-    (released by the OS even when the process is killed). ``acquire`` creates the folder.
-    """
-
-    def __init__(self, out_dir: str | os.PathLike[str]):
-        self.out_dir = Path(out_dir)
-        self.path = self.out_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            _lock_fd(fd)
-        except OSError:
-            os.close(fd)
-            raise OutputConflictError(
-                f"Another napari-cass run is writing into {self.out_dir} (it holds {self.path}); "
-                "wait for it to finish, or segment into another folder."
-            ) from None
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)  # closing releases the lock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _lock_fd(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def clean_temp_files(out_dir: str | os.PathLike[str]) -> list[Path]:
