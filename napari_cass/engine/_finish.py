@@ -22,7 +22,7 @@ import ctypes
 import functools
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -105,6 +105,9 @@ def finish_logits(
     return_probabilities: bool = False,
     probability_stride: int = 1,
     band_elements: int | None = None,
+    on_band: Callable[[int, int], None] | None = None,
+    guide=None,
+    pamr=None,
 ) -> Finished:
     """Labels and winning probability of every pixel of the original image.
 
@@ -128,6 +131,13 @@ def finish_logits(
         (``[::stride, ::stride]`` of the full array), to bound its memory.
     band_elements : int, optional
         Floats per band (default :data:`BAND_ELEMENTS`).
+    on_band : callable, optional
+        ``on_band(rows_done, rows)`` after each band: progress through the
+        full-resolution stage, and the place to cancel it (raise from it).
+    guide : callable, optional
+        With it, PAMR refines the logits first, tile by tile, following this image
+        (:func:`._pamr_finish.finish_refined`, with ``pamr`` its settings;
+        ``on_band(tiles_done, tiles)`` then follows the tiles).
 
     Raises
     ------
@@ -161,6 +171,15 @@ def finish_logits(
     probs = None
     if return_probabilities:
         probs = np.empty((len(groups), -(-h0 // stride), -(-w0 // stride)), np.float32)
+    if guide is not None:
+        from ._pamr import Pamr
+        from ._pamr_finish import finish_refined
+
+        labels, confidence = finish_refined(
+            logits, (h0, w0), groups, guide, pamr=pamr or Pamr(), logit_scale=logit_scale, prob_thd=prob_thd,
+            probs=probs, probability_stride=stride, on_tile=on_band,
+        )
+        return Finished(labels=labels, confidence=confidence, probabilities=probs)
     rows_all = bilinear_taps(h0, h, device)
     cols = bilinear_taps(w0, w, device)
     for r0 in range(0, h0, band):
@@ -186,4 +205,6 @@ def finish_logits(
                 cls = soft.new_zeros(*soft.shape[:2], len(groups)).scatter_reduce_(-1, index, soft, reduce="amax")
                 first = (r0 + int(keep[0])) // stride
                 probs[:, first : first + keep.numel()] = cls.permute(2, 0, 1).cpu().numpy()
+        if on_band is not None:
+            on_band(r1, h0)
     return Finished(labels=labels, confidence=confidence, probabilities=probs)

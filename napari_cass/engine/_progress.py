@@ -47,6 +47,22 @@ class Reporter:
         if self.cancel is not None and self.cancel():
             raise SegmentationCancelled("Segmentation cancelled.")
 
+    def bands(self, steps: int, message: str) -> Callable[[int, int], None]:
+        """An ``on_band(rows_done, rows)`` callback: ``steps`` progress steps over a
+        banded stage, and a cancel check after every band (each takes well under
+        a second, so Cancel stops the full-resolution stage promptly too)."""
+        sent = 0
+
+        def on_band(done: int, rows: int) -> None:
+            nonlocal sent
+            self.check()
+            target = done * steps // max(rows, 1)
+            while sent < min(target, steps):
+                sent += 1
+                self.step(f"{message} {sent}/{steps}")
+
+        return on_band
+
     def step(self, message: str) -> None:
         """Count one step done and report it."""
         self.done += 1

@@ -16,12 +16,14 @@ from ._encoder_inputs import clip_input, float_tokens, vfm_input
 from ._finish import finish_logits, query_groups, release_freed_heap
 from ._image import RgbImage, load_rgb, pad_pixels, padded_size, resize_image, resized_size
 from ._logits import VisionFeatures, merged_logits
+from ._pamr import check_refine
+from ._pamr_finish import guide_for
 from ._methods import METHODS, NEEDS_VFM, CassOptions, MethodInputs, patch_features
 from ._presence import TextEncoder, cluster_queries
 from ._presets import DEFAULT_PRESET, Preset, get_preset
 from ._precision import cpu_autocast
 from ._probe import EngineProbe
-from ._prompts import ClassPrompt, ClassesLike, normalize_classes
+from ._prompts import ClassesLike, normalize_classes, with_background
 from ._progress import CancelCallback, ProgressCallback, Reporter, StageTimer
 from ._result import SegmentationResult
 from ._spectral import gaussian_bias
@@ -29,6 +31,9 @@ from ._vision_cache import VisionCache
 from ._windows import window_coords
 
 __all__ = ["Segmenter", "ProgressCallback", "CancelCallback"]
+
+#: Progress steps reported through the full-resolution stage (labels at the image's size).
+MERGE_STEPS = 8
 
 
 class Segmenter:
@@ -65,6 +70,11 @@ class Segmenter:
         Autocast the encoders to float16/bfloat16 on CUDA; on the CPU, bfloat16 for each
         encoder that a one-time probe measures faster (``NAPARI_CASS_PRECISION=fp32``
         forces float32). False: float32 everywhere.
+    refine : str, optional
+        Boundary refinement before the argmax: ``"pamr"`` (PAMR, as in the authors'
+        code: 10 iterations, dilations 8 and 16, guided by the original image; by the
+        model input resized back under ``reference_quirks``) or ``"none"``. ``None``:
+        the preset's :attr:`Preset.refine`. :meth:`segment` can override it per call.
     **options
         Ablations: ``vfm_graph``, ``matching``, ``low_rank``, ``eigenscaling``,
         ``adaptive_rank``, ``pairing`` (see :class:`CassOptions`),
@@ -87,6 +97,7 @@ class Segmenter:
         amp: bool = True,
         presence_prior: bool = True,
         text_adjustment: bool = True,
+        refine: str | None = None,
         **options,
     ):
         if method not in METHODS:
@@ -109,6 +120,7 @@ class Segmenter:
         # Parity runs one crop at a time, like the reference (GEMM blocking can change rounding).
         self.batch_size = 1 if self.reference_quirks else int(batch_size or (1 if self.device.type == "cpu" else 8))
         self.amp = amp
+        self.refine = None if refine is None else check_refine(refine)
         self.clip_model = clip_model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.vfm_model = vfm_model.to(self.device).eval() if vfm_model is not None else None
@@ -171,6 +183,10 @@ class Segmenter:
         """Switch preset; cached vision features stay valid when only text-side numbers change."""
         self.preset = get_preset(preset)
 
+    def refine_mode(self, refine: str | None = None) -> str:
+        """``"pamr"`` or ``"none"``: ``refine`` if given, else the Segmenter's, else the preset's."""
+        return check_refine(next((r for r in (refine, self.refine, self.preset.refine) if r is not None), "none"))
+
     def set_method(self, method: str) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
@@ -195,6 +211,7 @@ class Segmenter:
         background: str | Sequence[str] | None = None,
         return_probabilities: bool = False,
         probability_stride: int = 1,
+        refine: str | None = None,
     ) -> SegmentationResult:
         """Segment ``image`` into ``classes``.
 
@@ -215,13 +232,17 @@ class Segmenter:
         cancel : callable, optional
             Polled between crops; returning True raises :class:`SegmentationCancelled`.
         background : str or list of str, optional
-            Words describing the background; they become class 0, "background".
+            Words describing the background (a list, or one string separated by commas
+            or ``|``); they become class 0, "background". A word that is also a class or
+            one of its words is refused (ValueError), as the CLI and the widget refuse it.
         return_probabilities : bool
             Also fill :attr:`SegmentationResult.probabilities`, ``(classes, H, W)``
             float32 (4 bytes per class and pixel: 90 MB per class for 6000 x 4000).
         probability_stride : int
             With ``return_probabilities``, keep every ``stride``-th row and column
             (the ``[::stride, ::stride]`` subsampling of the full array).
+        refine : str, optional
+            ``"pamr"`` or ``"none"`` for this call (default: :meth:`refine_mode`).
 
         Raises
         ------
@@ -232,7 +253,8 @@ class Segmenter:
         """
         try:
             return self._segment(
-                image, classes, progress, cancel, background, return_probabilities, probability_stride
+                image, classes, progress, cancel, background, return_probabilities, probability_stride,
+                self.refine_mode(refine),
             )
         except torch.cuda.OutOfMemoryError:
             self._cache.clear()
@@ -245,13 +267,12 @@ class Segmenter:
             ) from None
 
     def _segment(
-        self, image, classes, progress, cancel, background, return_probabilities, probability_stride
+        self, image, classes, progress, cancel, background, return_probabilities, probability_stride, refine="none"
     ) -> SegmentationResult:
-        prompts = normalize_classes(classes)
-        if background:
-            words = [background] if isinstance(background, str) else list(background)
-            bg = ClassPrompt.from_words(words, name="background")
-            prompts = [bg] + normalize_classes(prompts)
+        # Background words that are also a class (or a class's word) are refused, with the
+        # message the CLI and the widget give; a list that already starts with a
+        # "background" ClassPrompt (the benchmarks, COCO-Object's "bed") is taken as given.
+        prompts = with_background(classes, background) if background else normalize_classes(classes)
         has_background = prompts[0].name.casefold() == "background"
         timer = StageTimer(self.device)
         start = time.perf_counter()
@@ -264,12 +285,12 @@ class Segmenter:
             # Only a cache miss pays for validation and float conversion: a hit means
             # these exact pixels were validated before.
             rgb = load_rgb(image)
-            report = Reporter(progress, cancel, 2 + self._vision_steps(rgb.shape[:2]))
+            report = Reporter(progress, cancel, 2 + MERGE_STEPS + self._vision_steps(rgb.shape[:2]))
             vision = self._vision(rgb, report)
             self._cache.put(key, vision)
             release_freed_heap()  # the encoders' freed temporaries, before the text tower's
         else:
-            report = Reporter(progress, cancel, 2)
+            report = Reporter(progress, cancel, 2 + MERGE_STEPS)
         report.check()
         with torch.inference_mode():
             with timer("text"):
@@ -285,6 +306,10 @@ class Segmenter:
                     logits, vision.size, query_groups([len(pr.queries) for pr in prompts]),
                     logit_scale=self.preset.logit_scale, prob_thd=thd,
                     return_probabilities=return_probabilities, probability_stride=probability_stride,
+                    on_band=report.bands(MERGE_STEPS, "refined labels" if refine == "pamr" else "full-resolution labels"),
+                    guide=None if refine != "pamr" else guide_for(
+                        image, vision.resized, vision.size, self.reference_quirks, self.device
+                    ),
                 )
             report.step("done")
         timings = {} if from_cache else dict(vision.timings)
