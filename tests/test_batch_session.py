@@ -85,7 +85,7 @@ def test_session_bad_folders(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="different from the image folder"):
         BatchSession(tmp_path / "a", tmp_path / "a")
     (tmp_path / "out" / PROGRESS_FILE).write_text("[1, 2")
-    with pytest.raises(ValueError, match="unreadable.*delete it"):
+    with pytest.raises(ValueError, match="unreadable.*move it away"):
         BatchSession(tmp_path / "a", tmp_path / "out")
 
 

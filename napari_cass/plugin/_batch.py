@@ -90,5 +90,12 @@ class BatchPanel(QWidget):
             self.status.setText("no folder open")
             return
         name = session.current.name
-        state = "saved" if name in session.saved else "not saved yet"
-        self.status.setText(f"image {session.index + 1} / {len(session)}: {name} ({state})")
+        if name in session.failed:
+            state = f"unreadable: {session.failed[name]}"
+        else:
+            state = "saved" if name in session.saved else "not saved yet"
+        text = f"image {session.index + 1} / {len(session)}: {name} ({state})"
+        if session.failed:  # e.g. "· 3 unreadable (skipped)"; the reasons in the tooltip
+            text += f" · {len(session.failed)} unreadable (skipped)"
+        self.status.setText(text)
+        self.status.setToolTip("\n".join(f"{n}: {r}" for n, r in sorted(session.failed.items())))

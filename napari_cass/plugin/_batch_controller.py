@@ -5,24 +5,38 @@ rename them; they never remove and add layers, a sequence that crashes napari
 on software OpenGL (Mesa: VMs, remote desktops, Xvfb). Corrections are saved
 shortly after every paint event (a 0.5 s debounce), before moving, and when the
 dock or the viewer closes; :meth:`BatchSession.save_if_changed` makes that cheap.
+
+Both layers carry ``metadata["napari_cass_batch"]``: the folders and the file name
+of the image they show. A mask is saved only under that name (never under the
+name of an image that failed to load), and a dock opened again finds the layers
+(and the folders) there instead of adding a second pair. An unreadable image is
+skipped: Next / Previous / Open go on to the nearest readable one and say which
+were skipped (marked ``failed`` in ``progress.json``); if none can be read the
+layers are hidden and nothing is saved.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._batch import BatchPanel
-from ._batch_session import CLASSES_FILE, BatchSession, _check_extends
+from ._batch_files import check_extends as _check_extends
+from ._batch_session import CLASSES_FILE, BatchSession
 from ._classes import META_KEY, LabelClasses
 from ._label_sync import LabelSync, labels_name
 
-__all__ = ["BatchController"]
+__all__ = ["BATCH_KEY", "BatchController"]
 
 AUTOSAVE_MS = 500
+#: Layer metadata key of the two batch layers: ``{"image_dir", "output_dir", "image"}``.
+BATCH_KEY = "napari_cass_batch"
+_FOLDERS_FILE = "batch.json"  # the last folders, next to the widget settings
 
 
 class BatchController:
@@ -50,6 +64,7 @@ class BatchController:
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(lambda: self.save(quiet=True))
+        self._fill_fields()
 
     # ---------------------------------------------------------- layers
     def _in_viewer(self, layer: Any) -> Any:
@@ -107,10 +122,13 @@ class BatchController:
 
     # ------------------------------------------------------------ open
     def open(self, image_dir: str, output_dir: str) -> bool:
-        """Open (or resume) a batch and show its current image."""
+        """Open (or resume) a batch and show its current image (or the nearest readable one)."""
         if not image_dir or not output_dir:
             self._say("error", "Choose both an image folder and an output folder for batch mode.")
             return False
+        self._timer.stop()
+        if self.session is not None:  # another folder opened in the same dock: keep its edits
+            self.save(quiet=True)
         try:
             session = BatchSession(image_dir, output_dir)
             saved = session.saved_classes()
@@ -122,27 +140,140 @@ class BatchController:
             # quietly: loading it is no edit of the image shown before (its labels keep theirs)
             blocked = self.table.blockSignals(True)
             try:
-                self.table.load_file(session.output_dir / "classes.json")
+                self.table.load_file(session.output_dir / CLASSES_FILE)
             finally:
                 self.table.blockSignals(blocked)
         self.session = session
         self.panel.image_dir.setText(str(session.image_dir))
         self.panel.output_dir.setText(str(session.output_dir))
-        return self.show()
+        self._remember(session)
+        self._adopt()
+        for warning in session.warnings:
+            self._say("warning", warning)
+        return self._visit(session.index, 0)
 
-    def show(self) -> bool:
-        """Put the current image (and its saved mask, or a new run) into the layers."""
+    def _batch_layers(self) -> tuple[Any, Any]:
+        """The last image and labels layers in the viewer that batch mode made (or None)."""
+        from napari.layers import Image, Labels
 
+        found: dict[type, Any] = {}
+        for layer in self.viewer.layers:
+            for kind in (Image, Labels):
+                if isinstance(layer, kind) and isinstance(layer.metadata.get(BATCH_KEY), dict):
+                    found[kind] = layer
+        return found.get(Image), found.get(Labels)
+
+    def _adopt(self) -> None:
+        """Reuse the batch layers a closed dock left (no second pair), saving their strokes."""
+        if self.image_layer is not None or self.labels_layer is not None:
+            return
+        self._image, self._labels = self._batch_layers()
+        self._save_layers(self._image, self._labels)  # strokes made while the dock was closed
+
+    def _fill_fields(self) -> None:
+        """Folder fields of a new dock: from the batch layers, else the last folders used."""
+        image, labels = self._batch_layers()
+        meta = next((ly.metadata[BATCH_KEY] for ly in (labels, image) if ly is not None), None)
+        folders = meta or self._remembered()
+        if not folders:
+            return
+        self.panel.image_dir.setText(str(folders.get("image_dir") or ""))
+        self.panel.output_dir.setText(str(folders.get("output_dir") or ""))
+        self.panel.status.setText("last batch: press Open / resume to go on where you left off")
+
+    @staticmethod
+    def _folders_file() -> Path:
+        from ._settings import settings_path
+
+        return settings_path().parent / _FOLDERS_FILE
+
+    def _remembered(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._folders_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k in ("image_dir", "output_dir") if isinstance(v := data.get(k), str)}
+
+    def _remember(self, session: BatchSession) -> None:
+        from napari_cass.io import atomic_write
+
+        doc = {"image_dir": str(session.image_dir), "output_dir": str(session.output_dir)}
+        try:
+            with atomic_write(self._folders_file(), overwrite=True) as tmp:
+                tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        except OSError:
+            pass  # remembering is a convenience
+
+    # ------------------------------------------------------------ show
+    def _visit(self, first: int, step: int) -> bool:
+        """Show the first readable image from ``first`` on, moving by ``step``.
+
+        ``step`` 0 (open): forward, then backward. Unreadable images are marked
+        failed and skipped, and the message names them. With ``step`` +-1 and no
+        readable image that way, the image shown before stays (and stays current).
+        """
         session = self.session
         assert session is not None
-        try:
-            data = session.read_image()
-            mask = session.load_mask()
-        except (ValueError, OSError) as err:
-            self._say("error", str(err))
+        before, n = session.index, len(session)
+        if step:
+            order = list(range(first, n) if step > 0 else range(first, -1, -1))
+        else:
+            order = [*range(first, n), *range(first - 1, -1, -1)]
+        skipped: list[str] = []
+        for i in order:
+            session.go_to(i)
+            name = session.current.name
+            try:
+                data = session.read_image()
+            except (ValueError, OSError):
+                skipped.append(name)
+                continue
+            try:
+                mask = session.load_mask()
+            except (ValueError, OSError) as err:
+                session.mark_failed(name, f"its saved mask cannot be read ({err})")
+                skipped.append(name)
+                continue
+            self._show(data, mask)
+            if skipped:
+                self._say("warning", f"Skipped {self._list_failed(skipped)}: marked failed in "
+                                     "progress.json; nothing is saved under their names.")
+            return True if mask is not None else self._segment()
+        if step and self._shown_index(self.image_layer, self.labels_layer) == before:
+            session.go_to(before)  # the image on screen stays the current one
             self.panel.set_session(session)
+            self._say("warning", f"No readable image {'after' if step > 0 else 'before'} this "
+                                 f"one: {self._list_failed(skipped)} skipped.")
             return False
+        self._blank()
+        self._say("error", f"No image of {session.image_dir} can be read: "
+                           f"{self._list_failed(skipped)}. The batch layers are hidden and "
+                           "nothing is saved; fix or remove those files, then Open / resume.")
+        return False
+
+    def _list_failed(self, names: list[str]) -> str:
+        failed = self.session.failed if self.session is not None else {}
+        shown = [f"{n} ({failed.get(n, 'unreadable')})" for n in names[:3]]
+        return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    def _blank(self) -> None:
+        """No image to show: hide the batch layers and tie them to no image (nothing saves)."""
+        for layer in (self.image_layer, self.labels_layer):
+            if layer is not None:
+                layer.visible = False
+                layer.metadata[BATCH_KEY] = {**layer.metadata.get(BATCH_KEY, {}), "image": None}
+        if self.session is not None:
+            self.panel.set_session(self.session)
+
+    def _show(self, data: Any, mask: Any) -> None:
+        """Put the current image and its saved mask (or an empty one) into the batch layers."""
+        session = self.session
+        assert session is not None
         stem = session.stems[session.index]
+        tag = {"image_dir": str(session.image_dir), "output_dir": str(session.output_dir),
+               "image": session.current.name}
         rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
         image = self.image_layer
         if image is not None and bool(image.rgb) == rgb and image.data.ndim == data.ndim:
@@ -165,44 +296,71 @@ class BatchController:
         values = np.array(mask, copy=True) if mask is not None else np.zeros(shape, np.uint8)
         if labels is not None and labels.data.ndim == values.ndim:
             labels.data = values
-            labels.name = labels_name(stem)
+            labels.name = labels_name(image.name)
         else:
             if labels is not None:
                 self._labels = None
                 self.viewer.layers.remove(labels)
-            labels = self.viewer.add_labels(values, name=labels_name(stem), opacity=0.6)
+            labels = self.viewer.add_labels(values, name=labels_name(image.name), opacity=0.6)
             self._labels = labels
+        for layer in (image, labels):
+            layer.metadata[BATCH_KEY] = dict(tag)
+            layer.visible = True
         self.sync.reset(labels, classes)
-        self.sync.decorate(labels, classes, classes.to_meta(image=stem, resumed=mask is not None))
-        self._select_image(stem)
+        self.sync.decorate(labels, classes, classes.to_meta(image=image.name, resumed=mask is not None))
+        self._select_image(image.name)
+        self.viewer.reset_view()  # the new image fits the canvas, whatever the last one's size
         self.panel.set_session(session)
         if mask is not None:
             self.viewer.layers.selection.active = labels
-            return True
-        return self._segment()
+
+    def show(self) -> bool:
+        """Show the current image (or the nearest readable one after it)."""
+        return self._visit(self.session.index, 0) if self.session is not None else False
 
     # ------------------------------------------------------------ save
     def save(self, quiet: bool = False) -> bool:
         """Save the current mask (only what changed); False, with a message, on failure."""
         return self._save_layers(self.image_layer, self.labels_layer)
 
+    def _shown_index(self, image: Any, labels: Any) -> int | None:
+        """The batch image both layers show, or None (no image, another batch, a failed one)."""
+        session = self.session
+        if session is None or image is None or labels is None:
+            return None
+        tag = labels.metadata.get(BATCH_KEY)
+        if not isinstance(tag, dict) or not tag.get("image") \
+                or (image.metadata.get(BATCH_KEY) or {}).get("image") != tag["image"]:
+            return None
+        try:
+            same = Path(str(tag.get("output_dir"))).resolve() == session.output_dir.resolve()
+        except (OSError, ValueError):
+            return None
+        i = session.index_of(str(tag["image"])) if same else None
+        return None if i is None or session.images[i].name in session.failed else i
+
     def _save_layers(self, image: Any, labels: Any) -> bool:
         self._timer.stop()
         session = self.session
-        if session is None or image is None or labels is None:
-            return True
+        i = self._shown_index(image, labels)
+        if session is None or i is None:
+            return True  # nothing of this batch on screen: nothing to save, under no name
         meta = labels.metadata.get(META_KEY)
         classes = LabelClasses.from_meta(meta) if meta else self.table.label_classes()
+        values = np.asarray(labels.data)
+        to_rows = getattr(classes, "to_rows", None)  # label values are class ids: files hold rows
+        if callable(to_rows):
+            values = to_rows(values)
         try:
-            session.save_if_changed(np.asarray(image.data), np.asarray(labels.data), classes)
+            session.save_if_changed(np.asarray(image.data), values, classes, index=i)
         except (ValueError, OSError) as err:
-            self._say("error", f"Could not save the mask of {session.current.name}: {err}")
+            self._say("error", f"Could not save the mask of {session.images[i].name}: {err}")
             return False
         self.panel.set_session(session)
         return True
 
     def step(self, step: int) -> bool:
-        """Save the current mask, then go ``step`` images forward (or back)."""
+        """Save the current mask, then go ``step`` images forward (or back), skipping unreadable ones."""
         session = self.session
         if session is None:
             self._say("info", "Open a batch folder first (Batch section).")
@@ -212,11 +370,12 @@ class BatchController:
             return False
         if not self.save():
             return False
-        if not session.go(step):
+        target = session.index + step
+        if not 0 <= target < len(session):
             self.panel.set_session(session)
             self._say("info", "This is the last image." if step > 0 else "This is the first image.")
             return False
-        return self.show()
+        return self._visit(target, 1 if step > 0 else -1)
 
     def close(self) -> None:
         """Dock or viewer closing: save what is unsaved, stop the timer."""

@@ -15,17 +15,35 @@ a session resumes where the user left off. It imports no Qt: the Qt panel in
 * The class list may grow during a batch (classes appended): ``classes.json`` is
   updated and earlier masks keep their meaning. Renaming, reordering or removing
   saved classes is refused: saved pixel values would change meaning.
+* A shared output folder is input too (:mod:`._batch_files`): recorded mask names
+  must be safe file names, ``images/`` and ``masks/`` may not be links or hold the
+  inputs, every write or delete is checked to stay inside them, and a file the
+  batch did not write (an image not in ``saved``) is never replaced: new images
+  get names no file in the folder has yet.
+* An image that cannot be read is recorded in ``progress.json`` (``failed``, with a
+  short reason) and nothing is ever saved under its name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._batch_files import (
+    check_folders,
+    check_labels,
+    digest,
+    existing_stems,
+    name_key,
+    read_progress,
+    read_progress_doc,
+    short_reason,
+    target_path,
+    update_classes,
+)
 
 if TYPE_CHECKING:
     from ._classes import LabelClasses
@@ -37,23 +55,6 @@ PROGRESS_FILE = "progress.json"
 CLASSES_FILE = "classes.json"
 _FORMAT = "napari-cass/batch@2"
 _MASK_SUFFIXES = (".png", ".tif")
-
-
-def _key(name: str) -> str:
-    """The name an image is recorded under (NFC: macOS and Linux spell it alike)."""
-    return unicodedata.normalize("NFC", name)
-
-
-def _digest(labels: np.ndarray) -> str:
-    arr = np.ascontiguousarray(labels)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
-
-
-def _class_rows(doc: dict[str, Any]) -> list[tuple[str, list[int], list[str]]]:
-    return [(c["name"], list(c["color"]), list(c["synonyms"])) for c in doc["classes"]]
 
 
 class BatchSession:
@@ -72,7 +73,8 @@ class BatchSession:
     ------
     FileNotFoundError, ValueError
         With what to do, when a folder is missing, holds no image, or the output
-        folder belongs to another batch.
+        folder belongs to another batch, or its ``images/`` / ``masks/`` are links,
+        lead outside it or hold the input images.
     napari_cass.io.OutputConflictError
         While another napari-cass run writes into the output folder (also from
         the save methods).
@@ -93,9 +95,14 @@ class BatchSession:
             raise ValueError(
                 f"No image in {self.image_dir} (looked for {', '.join(IMAGE_SUFFIXES)})."
             )
+        check_folders(self.image_dir, self.output_dir, self.images)  # before any write or delete
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.index = 0
         self.saved: set[str] = set()
+        #: Images that could not be read: name -> short reason (kept in progress.json).
+        self.failed: dict[str, str] = {}
+        #: What was wrong with ``progress.json`` (records ignored); the panel shows them.
+        self.warnings: list[str] = []
         # original image name -> mask stem; kept for images that left the folder too,
         # so their mask names are never handed to another image.
         self._mask_names: dict[str, str] = {}
@@ -126,25 +133,11 @@ class BatchSession:
 
     def _read_progress(self) -> dict[str, Any]:
         path = self.progress_path
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{path} is unreadable ({err}); delete it or choose another output folder."
-            ) from None
-        recorded = data.get("image_dir")
-        if recorded and Path(recorded).resolve() != self.image_dir.resolve():
-            raise ValueError(
-                f"{self.output_dir} holds the batch of another image folder ({recorded}); "
-                "choose another output folder."
-            )
-        masks = data.get("masks")
-        if isinstance(masks, dict):
-            self._mask_names = {str(k): str(v) for k, v in masks.items()}
+        data = read_progress(path, self.image_dir)
+        self._mask_names, self.warnings = read_progress_doc(path, data)
+        failed = data.get("failed")
+        if isinstance(failed, dict):
+            self.failed = {str(k): str(v)[:200] for k, v in failed.items()}
         return data
 
     def _match_recorded(self) -> dict[str, str]:
@@ -156,12 +149,12 @@ class BatchSession:
         orphans: dict[str, str] = {}
         for name in self._mask_names:
             if name not in present:
-                orphans.setdefault(_key(name), name)
+                orphans.setdefault(name_key(name), name)
         renamed = {}
         for p in self.images:
             if p.name in self._mask_names:
                 continue
-            old = orphans.pop(_key(p.name), None)
+            old = orphans.pop(name_key(p.name), None)
             if old is not None:
                 self._mask_names[p.name] = self._mask_names.pop(old)
                 renamed[old] = p.name
@@ -171,19 +164,37 @@ class BatchSession:
         names = [p.name for p in self.images]
         current = str(data.get("current", ""))
         current = renamed.get(current, current)
+        try:
+            index = int(data.get("index", 0))
+        except (TypeError, ValueError):
+            index = 0
         if current in names:
             self.index = names.index(current)
         elif data:
-            self.index = int(np.clip(int(data.get("index", 0)), 0, len(self.images) - 1))
-        saved = {renamed.get(str(n), str(n)) for n in data.get("saved", [])}
-        self.saved = saved & set(names)
+            self.index = int(np.clip(index, 0, len(self.images) - 1))
+        listed = data.get("saved", [])
+        saved = {renamed.get(str(n), str(n)) for n in (listed if isinstance(listed, list) else [])}
+        # saved = written by this batch: only images whose mask name is on record
+        self.saved = saved & set(names) & set(self._mask_names)
+        self.failed = {n: r for n, r in self.failed.items() if n in names}
 
     def _assign_new_stems(self) -> list[str]:
-        """Mask names: the recorded one for known images, new collision-free ones otherwise."""
+        """Mask names: the recorded one for known images, new collision-free ones otherwise.
+
+        A name is new when no file of the output folder has it yet: the batch never
+        takes over a mask or image copy it did not write (an image not yet saved whose
+        recorded name a file has meanwhile taken gets a new name too).
+        """
         from napari_cass.io import unique_filenames
 
+        on_disk = existing_stems(self.output_dir)
+        for p in self.images:
+            stem = self._mask_names.get(p.name)
+            if stem is not None and p.name not in self.saved and stem.casefold() in on_disk:
+                del self._mask_names[p.name]
         new = [p for p in self.images if p.name not in self._mask_names]
-        fresh = unique_filenames([p.stem for p in new], taken=self._mask_names.values())
+        fresh = unique_filenames([p.stem for p in new],
+                                 taken=[*self._mask_names.values(), *on_disk])
         for p, stem in zip(new, fresh):
             self._mask_names[p.name] = stem
         return [self._mask_names[p.name] for p in self.images]
@@ -200,6 +211,7 @@ class BatchSession:
             "saved": sorted(self.saved),
             "total": len(self.images),
             "masks": dict(sorted(self._mask_names.items())),
+            "failed": dict(sorted(self.failed.items())),
         }
         with atomic_write(self.progress_path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -214,6 +226,10 @@ class BatchSession:
         """The image being annotated."""
         return self.images[self.index]
 
+    def index_of(self, name: str) -> int | None:
+        """The index of the image file called ``name`` (None: not in the folder)."""
+        return next((i for i, p in enumerate(self.images) if p.name == name), None)
+
     def _i(self, index: int | None) -> int:
         i = self.index if index is None else int(index)
         if not 0 <= i < len(self.images):
@@ -223,21 +239,39 @@ class BatchSession:
     def mask_path(self, index: int | None = None) -> Path | None:
         """The saved mask of an image (``masks/<name>.png`` or ``.tif``), or None.
 
-        If both exist (a save that changed format was killed), the newer one.
+        If both exist (a save that changed format was killed), the newer one. Only
+        masks this batch wrote count (the image is in ``saved``).
         """
-        stem = self.stems[self._i(index)]
-        found = [p for s in _MASK_SUFFIXES if (p := self.output_dir / "masks" / f"{stem}{s}").is_file()]
+        i = self._i(index)
+        if self.images[i].name not in self.saved:
+            return None
+        stem = self.stems[i]
+        found = [p for s in _MASK_SUFFIXES
+                 if (p := target_path(self.output_dir, "masks", f"{stem}{s}")).is_file()]
         return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def read_image(self, index: int | None = None) -> np.ndarray:
-        """The pixels of an image (ValueError naming the file if it cannot be decoded)."""
+        """The pixels of an image (ValueError naming the file if it cannot be decoded).
+
+        A failure is recorded in :attr:`failed` and ``progress.json`` (with a short
+        reason); a later successful read clears it.
+        """
         path = self.images[self._i(index)]
         from napari_cass.io import read_image
 
         try:
-            return read_image(path)  # refuses images above the pixel limit before decoding
+            data = read_image(path)  # refuses images above the pixel limit before decoding
         except Exception as err:  # noqa: BLE001 - any decoder error becomes one clear message
-            raise ValueError(f"Cannot read {path.name}: {err}") from None
+            self.mark_failed(path.name, short_reason(err, path))
+            raise ValueError(f"Cannot read {path.name}: {self.failed[path.name]}") from None
+        if self.failed.pop(path.name, None) is not None:
+            self.save_progress()
+        return data
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        """Record that image ``name`` cannot be shown (nothing is saved under its name)."""
+        self.failed[name] = reason[:200]
+        self.save_progress()
 
     def load_mask(self, index: int | None = None) -> np.ndarray | None:
         """The saved mask as a writable, C-contiguous array (napari paints into it), or None."""
@@ -248,7 +282,7 @@ class BatchSession:
         if path is None:
             return None
         mask = np.array(read_label_image(path), copy=True, order="C")
-        self._digests[i] = _digest(mask)
+        self._digests[i] = digest(mask)
         return mask
 
     def saved_classes(self) -> dict[str, Any] | None:
@@ -259,24 +293,6 @@ class BatchSession:
         return read_classes_json(path) if path.is_file() else None
 
     # ---------------------------------------------------------------- saving
-    def _update_classes(self, classes: LabelClasses) -> Path | None:
-        """Write ``classes.json`` if ``classes`` differs from it; refuse incompatible lists."""
-        from napari_cass.io import write_classes_json
-
-        path = self.output_dir / CLASSES_FILE
-        doc = self.saved_classes()
-        new_rows = list(zip(classes.names, classes.colors.astype(int).tolist(),
-                            [list(s) for s in classes.synonyms]))
-        extra: dict[str, Any] = {}
-        if doc is not None:
-            old_names = [c["name"] for c in doc["classes"]]
-            _check_extends(path, old_names, list(classes.names))
-            if _class_rows(doc) == new_rows:
-                return None
-            extra = {k: v for k, v in doc.items() if k not in ("format", "classes")}
-        return write_classes_json(path, classes.names, classes.colors, classes.synonyms,
-                                  overwrite=True, extra=extra or None)
-
     def save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
              index: int | None = None) -> dict[str, Path]:
         """Save (or re-save) one image's mask into the dataset folder, atomically.
@@ -304,7 +320,7 @@ class BatchSession:
 
     def needs_save(self, labels: np.ndarray, index: int | None = None) -> bool:
         """True when ``labels`` differ from the mask last saved or loaded for the image."""
-        return self._digests.get(self._i(index)) != _digest(np.asarray(labels))
+        return self._digests.get(self._i(index)) != digest(np.asarray(labels))
 
     def save_if_changed(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
                         index: int | None = None) -> dict[str, Path]:
@@ -320,14 +336,27 @@ class BatchSession:
         from napari_cass.io import RunLock, mask_suffix_for
 
         i = self._i(index)
-        lab = _check_labels(labels, np.shape(image), classes, self.images[i].name)
+        name = self.images[i].name
+        if name in self.failed:
+            raise ValueError(f"{name} could not be read ({self.failed[name]}): nothing is saved "
+                             "under its name.")
+        lab = check_labels(labels, np.shape(image), classes.n_labels, name)
         stem, suffix = self.stems[i], mask_suffix_for(classes.n_labels)
+        out = self.output_dir
         paths = {
-            "image": self.output_dir / "images" / f"{stem}.png",
-            "mask": self.output_dir / "masks" / f"{stem}{suffix}",
-            "classes": self.output_dir / CLASSES_FILE,
+            "image": target_path(out, "images", f"{stem}.png"),
+            "mask": target_path(out, "masks", f"{stem}{suffix}"),
+            "classes": out / CLASSES_FILE,
         }
-        with RunLock(self.output_dir):  # OutputConflictError while a CLI run writes here
+        with RunLock(out):  # OutputConflictError while a CLI run writes here
+            if name not in self.saved:  # never replace a file this batch did not write
+                for p in (paths["image"], paths["mask"],
+                          *(target_path(out, "masks", f"{stem}{s}") for s in _MASK_SUFFIXES)):
+                    if p.exists():
+                        raise ValueError(
+                            f"{p} exists, but this batch did not write it ({name} is not saved "
+                            "in progress.json): it is left as it is. Move it away, or choose "
+                            "another output folder.")
             return self._write_item(i, image, lab, classes, paths, force)
 
     def _write_item(self, i: int, image: np.ndarray, lab: np.ndarray, classes: LabelClasses,
@@ -336,18 +365,26 @@ class BatchSession:
 
         stem, mask_suffix = self.stems[i], paths["mask"].suffix
         written: dict[str, Path] = {}
-        if self._update_classes(classes) is not None:  # first: classes.json covers every mask
+        if update_classes(self.output_dir / CLASSES_FILE, classes) is not None:  # first: classes.json covers every mask
             written["classes"] = paths["classes"]
-        digest = _digest(lab)
-        if force or self._digests.get(i) != digest or self.mask_path(i) != paths["mask"]:
+        name = self.images[i].name
+        if name not in self.saved:  # on record before the first file: a crash leaves it ours
+            self.saved.add(name)
+            try:
+                self.save_progress()
+            except OSError:
+                self.saved.discard(name)
+                raise
+        fingerprint = digest(lab)
+        if force or self._digests.get(i) != fingerprint or self.mask_path(i) != paths["mask"]:
             if mask_suffix == ".png":
                 write_indexed_png(paths["mask"], lab, classes.colors, overwrite=True)
             else:
                 write_label_tiff(paths["mask"], lab, overwrite=True)
-            self._digests[i] = digest
+            self._digests[i] = fingerprint
             written["mask"] = paths["mask"]
             for other in _MASK_SUFFIXES:  # e.g. .png -> .tif once a class list passes 256
-                stale = self.output_dir / "masks" / f"{stem}{other}"
+                stale = target_path(self.output_dir, "masks", f"{stem}{other}")
                 if other != mask_suffix and stale.is_file():
                     stale.unlink()
         # The image copy last: it costs seconds for a large photo, the mask is what matters.
@@ -360,56 +397,18 @@ class BatchSession:
                 Image.fromarray(rgb).save(tmp, format="PNG")
             self._image_written.add(i)
             written["image"] = paths["image"]
-        if self.images[i].name not in self.saved:
-            self.saved.add(self.images[i].name)
-            self.save_progress()
         return paths if force else written
 
     def go(self, step: int) -> bool:
         """Move by ``step`` images; False at either end of the folder."""
-        target = self.index + step
-        if not 0 <= target < len(self.images):
+        return self.go_to(self.index + step)
+
+    def go_to(self, index: int) -> bool:
+        """Make image ``index`` the current one (recorded in ``progress.json``)."""
+        if not 0 <= index < len(self.images):
             return False
-        self.index = target
-        self.save_progress()
+        if index != self.index:
+            self.index = int(index)
+            self.save_progress()
         return True
 
-
-def _check_extends(path: Path, old: list[str], new: list[str]) -> None:
-    """Refuse a class list that is not ``old`` with classes appended, saying what differs."""
-    if new[: len(old)] == old:
-        return
-    missing = [n for n in old if n not in new]
-    moved = [f"'{n}' (label {old.index(n)} -> {new.index(n)})" for n in old
-             if n in new and new.index(n) != old.index(n)]
-    if missing:
-        what = f"{', '.join(repr(n) for n in missing)} {'is' if len(missing) == 1 else 'are'} missing"
-    elif moved:
-        what = f"classes moved: {', '.join(moved)}"
-    else:
-        what = "the class order differs"
-    raise ValueError(
-        f"The class list does not match {path} ({what}): masks saved in this batch would "
-        f"change meaning. Keep the saved classes in order ({', '.join(old)}) and add new "
-        "classes at the end, or choose another output folder."
-    )
-
-
-def _check_labels(labels: np.ndarray, image_shape: tuple[int, ...], classes: LabelClasses,
-                  name: str) -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 2 or lab.shape != tuple(image_shape[:2]):
-        raise ValueError(
-            f"The mask of {name} has shape {lab.shape}, but the image is "
-            f"{tuple(image_shape[:2])} (height, width): a batch mask is one 2-D label image "
-            "of the image's size."
-        )
-    if lab.size:
-        low, top = int(lab.min()), int(lab.max())
-        if low < 0 or top >= classes.n_labels:
-            bad = low if low < 0 else top
-            raise ValueError(
-                f"The mask of {name} holds label {bad}, but the class list has labels "
-                f"0..{classes.n_labels - 1}: add a class for it or erase those pixels, then save."
-            )
-    return lab
