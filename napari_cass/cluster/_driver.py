@@ -15,7 +15,6 @@ the console: none is dropped silently.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,20 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ._failures import FAILED_FILE, WORKER_RETRIES, report_failures
 from ._layout import WorkerLayout, plan_workers
-from ._worker import SEGMENT_ATTEMPTS, SegmentWorker, TableGate, failure_reason
+from ._worker import SegmentWorker, TableGate, failure_reason
 
 __all__ = ["FAILED_FILE", "MAX_BLOCKS", "WORKER_RETRIES", "require_ray", "segment_on_ray"]
-
-#: The report of images that failed, written into the output folder (removed by a clean run).
-FAILED_FILE = "failed.json"
-#: How often an image whose worker process died (a segfault, out of memory) is tried again.
-#: Ray restarts dead workers and re-runs their images for ever by default; the workers count
-#: each image's starts at the run's gate and give up on it after this many retries.
-WORKER_RETRIES = 2
 #: Up to this many images, each is its own block (progress and retries per image); above,
 #: images are grouped, so the driver does not create millions of objects.
 MAX_BLOCKS = 10_000
@@ -47,7 +39,9 @@ _INSTALL = 'pip install "napari-cass[cluster]" (or pip install "ray[data]")'
 
 
 def _say(message: str) -> None:
-    print(f"napari-cass: {message}", file=sys.stderr)
+    from ..io import printable
+
+    print(f"napari-cass: {printable(message, newlines=True)}", file=sys.stderr)
 
 
 def require_ray(args: argparse.Namespace | None = None) -> Any:
@@ -165,22 +159,23 @@ def segment_on_ray(args: argparse.Namespace, plan: Any, decision: Any, todo: Seq
         0 when every image is done, 1 when some failed (listed in ``<out>/failed.json``).
     """
     from ..cli import _segment as cli_segment
+    from ..cli._console import terminate_as_interrupt
 
     ray = require_ray(args)
     build = build or cli_segment.build_segmenter
     started = _connect(ray, getattr(args, "ray", None))
     try:
-        return _run(ray, args, plan, decision, list(todo), classes, prompts, settings, max_pixels, build,
-                    cli_segment.run_description)
+        with terminate_as_interrupt():  # ray.init put its own SIGTERM handler (a bare exit) in place
+            return _run(ray, args, plan, decision, list(todo), classes, prompts, settings, max_pixels, build,
+                        cli_segment.run_description)
     finally:
         if started:
             ray.shutdown()
 
 
 def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels, build, describe) -> int:
-    from tqdm.auto import tqdm
-
-    from ..io import image_done, start_run
+    from ..cli._console import Progress
+    from ..io import image_done, printable, start_run
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     layout = plan_workers(nodes, str(args.device), args.threads, len(todo))
@@ -203,7 +198,7 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
     data_log = logging.getLogger("ray.data")
     log_level = data_log.level
     data_log.setLevel(logging.ERROR)  # "progress bars disabled", "execution finished": our bar says it
-    bar = tqdm(total=len(todo), desc="Images", unit="img", file=sys.stderr, disable=None)
+    bar = Progress(len(todo), "Images")
     began = time.perf_counter()
     try:
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
@@ -216,15 +211,15 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
         )
         sources = {item.name: item.source for item in todo}
         for row in dataset.iter_rows():
-            bar.update(1)
             failure = tally.add(row)
+            bar.advance()
             if failure is not None:
                 name = str(row["name"])
-                tqdm.write(f"napari-cass: skipped {sources.get(name, name)}: {failure}", file=sys.stderr)
+                bar.write(f"napari-cass: skipped {printable(sources.get(name, name))}: {failure}")
     except KeyboardInterrupt:
         bar.close()
         done = len(decision.done) + sum(image_done(item) for item in todo)  # results lag behind the files
-        _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {plan.out_dir}; "
+        _say(f"interrupted: {done} of {len(plan.images)} image(s) are done in {printable(plan.out_dir)}; "
              "run the same command again to finish the others.")
         raise
     except Exception as exc:  # the pipeline stopped: every image without a result is listed below
@@ -246,7 +241,9 @@ def _run(ray, args, plan, decision, todo, classes, prompts, settings, max_pixels
         raise RuntimeError(f"The Ray workers could not start, {reason}" if reason.startswith("on node ")
                            else f"The Ray workers could not start: {reason}")
     _say_throughput(tally, time.perf_counter() - began, layout)
-    return _report(plan, decision, todo, tally, error)
+    missing = ("the Ray run stopped: " + failure_reason(error) if error is not None else
+               "no result from the Ray workers (Ray dropped it; see the Ray logs)")
+    return report_failures(plan, decision, todo, tally.seen, tally.failed, missing)
 
 
 @dataclass
@@ -281,36 +278,3 @@ def _say_throughput(tally: _Tally, seconds: float, layout: WorkerLayout) -> None
     _say(f"{tally.written} image(s) in {seconds:.1f} s, worker start-up included: "
          f"{tally.written / seconds:.2f} image/s; {per_image:.2f} s per image on a worker, so "
          f"{layout.workers / per_image:.2f} image/s once the {layout.workers} worker(s) run.")
-
-
-def _report(plan: Any, decision: Any, todo: Sequence[Any], tally: _Tally, error: BaseException | None) -> int:
-    from ..io import atomic_write
-
-    missing = ("the Ray run stopped: " + failure_reason(error) if error is not None else
-               "no result from the Ray workers (Ray dropped it; see the Ray logs)")
-    failures: list[dict[str, Any]] = []
-    written = 0
-    for item in todo:
-        if item.name in tally.seen and item.name not in tally.failed:
-            written += 1
-            continue
-        reason, attempts = tally.failed.get(item.name, (missing, 0))
-        # The source relative to the output folder, as classes.json has it (no absolute paths in
-        # a folder that gets shared); the console below names the full path.
-        failures.append({"name": item.name, "source": plan.recorded(item.source), "error": reason,
-                         "attempts": attempts, "_path": str(item.source)})
-    print(f"Segmented {written} of {len(todo)} image(s) into {plan.out_dir}"
-          + (f"; {len(decision.done)} more were already done." if decision.done else "."))
-    report = Path(plan.out_dir) / FAILED_FILE
-    if not failures:
-        report.unlink(missing_ok=True)  # an earlier run's list: those images are done now
-        return 0
-    doc = {"format": "napari-cass failed images 1", "segment_attempts": SEGMENT_ATTEMPTS,
-           "worker_retries": WORKER_RETRIES,
-           "failed": [{k: v for k, v in f.items() if k != "_path"} for f in failures]}
-    with atomic_write(report, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _say(f"{len(failures)} image(s) failed (listed in {report}):")
-    for failure in failures:
-        print(f"  {failure['_path']}: {failure['error']}", file=sys.stderr)
-    return 1
