@@ -107,9 +107,13 @@ def as_rgb_float(image) -> np.ndarray:
 
 
 def resized_size(height: int, width: int, short_side: int, long_side_max: int = 2048) -> tuple[int, int]:
-    """Size after the keep-ratio rescale (mmcv's rule: short side to ``short_side``, long side capped)."""
+    """Size after the keep-ratio rescale (mmcv's rule: short side to ``short_side``, long side capped).
+
+    Each side is at least one pixel: a 3 x 20000 line scan scales its short side to 0.3
+    when the long side is capped, and a resize to zero rows cannot run.
+    """
     scale = min(short_side / min(height, width), long_side_max / max(height, width))
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def padded_size(height: int, width: int, min_side: int) -> tuple[int, int]:

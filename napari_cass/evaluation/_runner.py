@@ -108,14 +108,12 @@ class RunSpec:
 def segment_for_dataset(segmenter: Any, dataset: SegDataset, image: np.ndarray) -> np.ndarray:
     """Segment one image with the dataset's class list; returns ``(H, W)`` labels.
 
-    A background class 0 goes through the engine's ``background`` argument so the
-    preset's background rule (``prob_thd``) applies to it.
+    A background class 0 stays in the class list (a "background" ClassPrompt): the
+    engine applies the preset's background rule (``prob_thd``) to it, and accepts the
+    benchmark lists' shared words (COCO-Object's background "bed"), which it refuses
+    as ``background`` words.
     """
-    classes = dataset.classes
-    if dataset.has_background:
-        res = segmenter.segment(image, classes[1:], background=list(classes[0].queries))
-    else:
-        res = segmenter.segment(image, classes)
+    res = segmenter.segment(image, dataset.classes)
     labels = np.asarray(res.labels)
     if labels.shape != image.shape[:2]:
         raise RuntimeError(
