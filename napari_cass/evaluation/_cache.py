@@ -9,6 +9,7 @@ hash), and is recomputed when either changed. Reading keeps one record per image
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,8 @@ class PerImageCache:
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one record at once (an interrupted run loses at most the image in progress)."""
-        with open(self.path, "a", encoding="utf-8") as fh:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(self.path, flags, 0o666), "a", encoding="utf-8") as fh:  # never through a link
             fh.write(json.dumps(record) + "\n")
             fh.flush()
 

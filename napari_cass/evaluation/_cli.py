@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli._console import terminate_as_interrupt
 from ._paper import ABLATIONS
 
 __all__ = ["add_eval_parser", "run_eval", "main", "DATASET_NAMES"]
@@ -145,9 +146,12 @@ def _build_segmenter(args: argparse.Namespace) -> Any:
     )
 
 
+@terminate_as_interrupt()  # SIGTERM unwinds like Ctrl-C: results cached, the lock file removed
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``eval``; returns the exit code. Bad input raises ValueError/FileNotFoundError."""
     import napari_cass
+    from ..io import RunLock, printable
+    from ._outputs import check_run_folder
     from ..engine import METHODS, get_preset, resolve_device
     from ._datasets import get_dataset
     from ._prescan import format_bad, scan_dataset
@@ -195,17 +199,20 @@ def run_eval(args: argparse.Namespace) -> int:
             run_args = argparse.Namespace(**vars(args))
             run_args.run_preset = preset
             run_args.run_options = spec.options
-            run = evaluate(
-                ds, lambda: _build_segmenter(run_args), spec, args.out,
-                limit=args.limit, resume=not args.no_resume, progress=not args.no_progress,
-                scan=scan, skip_bad=skip_bad,
-            )
-            results.append(finish_run(run, ds, worst=args.worst))
+            run_dir = Path(args.out) / spec.for_dataset(ds).run_name
+            check_run_folder(args.out, run_dir)  # no link followed, before the lock creates the folder
+            with RunLock(run_dir):  # one run at a time in a run folder; the lock file goes at the end
+                run = evaluate(
+                    ds, lambda: _build_segmenter(run_args), spec, args.out,
+                    limit=args.limit, resume=not args.no_resume, progress=not args.no_progress,
+                    scan=scan, skip_bad=skip_bad,
+                )
+                results.append(finish_run(run, ds, worst=args.worst))
             if not args.json:
                 _print_run(results[-1], run.num_new, run.num_cached)
             if run.skipped:
                 print(f"warning: {len(run.skipped)} image(s) skipped (--skip-bad); they are listed "
-                      f"in {run.run_dir / 'results.json'}.", file=sys.stderr)
+                      f"in {printable(run.run_dir / 'results.json')}.", file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: finished images are cached; run the same command again to resume.",
               file=sys.stderr)
@@ -215,7 +222,7 @@ def run_eval(args: argparse.Namespace) -> int:
         table = summarize(results)
         write_text(args.out / "summary.md", "# napari-cass evaluation summary\n\n" + table)
         if not args.json:
-            print("\n" + table)
+            print("\n" + printable(table, newlines=True))
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("accumulator", "signature")} for r in results]
         print(json.dumps(slim if len(slim) > 1 else slim[0], indent=2))
@@ -243,7 +250,9 @@ def _print_run(result: dict[str, Any], new: int, cached: int) -> None:
     ]
     if result["models"]["random_weights"]:
         lines.append("  RANDOM WEIGHTS: meaningless numbers")
-    print("\n".join(lines))
+    from ..io import printable
+
+    print(printable("\n".join(lines), newlines=True))  # names from a dataset folder are user text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,5 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        from ..io import printable
+
+        print(f"error: {printable(err, newlines=True)}", file=sys.stderr)
         return 2

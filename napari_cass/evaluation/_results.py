@@ -16,6 +16,7 @@ import numpy as np
 from ..io import read_label_image, safe_filename
 from ._base import SegDataset
 from ._metrics import IoUAccumulator, iou_from_counts
+from ._outputs import RunOutputs
 from ._paper import paper_miou, table3_row
 from ._report import draw_iou_chart, draw_side_by_side, format_markdown, write_json, write_text
 
@@ -40,6 +41,7 @@ class EvalRun:
     new_seconds: list[float] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     recomputed: dict[str, str] = field(default_factory=dict)
+    outputs: RunOutputs | None = None  # what the run folder's runs wrote (made on first use)
 
 
 def prediction_path(run_dir: Path, image_id: str, num_classes: int) -> Path:
@@ -144,9 +146,9 @@ def _fmt_pct(x: float) -> str:
 
 def _write_worst(run: EvalRun, dataset: SegDataset, n: int) -> list[dict[str, Any]]:
     worst_dir = run.run_dir / "worst"
-    if worst_dir.is_dir():  # regenerated on every run: drop our own old drawings
-        for old in worst_dir.glob("[0-9][0-9][0-9]_*.png"):
-            old.unlink()
+    if run.outputs is None:
+        run.outputs = RunOutputs(run.run_dir)
+    run.outputs.remove("worst")  # regenerated on every run: only the drawings a run recorded go
     if n <= 0:
         return []
     scored = [(m, r["id"]) for r in run.records if not math.isnan(m := _per_image_miou(r))]
@@ -158,7 +160,7 @@ def _write_worst(run: EvalRun, dataset: SegDataset, n: int) -> list[dict[str, An
             continue
         _, image, gt = dataset[dataset.index_of(image_id)]
         pred = read_label_image(pred_path)
-        path = worst_dir / f"{rank:03d}_{pred_path.stem}.png"
+        path = run.outputs.claim(worst_dir / f"{rank:03d}_{pred_path.stem}.png")
         draw_side_by_side(
             path, image, pred, gt, dataset.num_classes,
             has_background=dataset.has_background, ignore_index=dataset.ignore_index,

@@ -24,6 +24,7 @@ from ..io import label_palette, safe_filename, write_indexed_png, write_label_ti
 from ._base import SegDataset
 from ._cache import CACHE_FORMAT, PerImageCache, image_digest, stale_reason
 from ._metrics import IoUAccumulator
+from ._outputs import RunOutputs, check_run_folder
 from ._paper import ABLATIONS
 from ._prescan import ScanResult, format_bad, scan_dataset
 from ._results import EvalRun, finish_run, prediction_path, summarize
@@ -167,7 +168,7 @@ def evaluate(
     ValueError
         A bad mask or image without ``skip_bad``, listing every one found.
     """
-    from tqdm.auto import tqdm
+    from ..cli._console import Progress
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}.")
@@ -177,7 +178,11 @@ def evaluate(
     if scan.bad and not skip_bad:
         raise ValueError(format_bad([scan]))
     run_dir = Path(out_dir) / spec.run_name
+    check_run_folder(out_dir, run_dir)  # no link to follow, before anything is created
+    legacy = [prediction_path(run_dir, i, dataset.num_classes).relative_to(run_dir).as_posix()
+              for i in _cached_ids(run_dir / "per_image.jsonl")]
     cache = PerImageCache(run_dir, spec.signature(), resume=resume)
+    outputs = RunOutputs(run_dir, legacy)
     done = cache.load()
     tidy = cache.num_lines == len(done)  # no superseded or torn line in the file
     acc = IoUAccumulator(dataset.num_classes, ignore_index=dataset.ignore_index)
@@ -202,8 +207,9 @@ def evaluate(
     device = str(getattr(segmenter, "device", "n/a")) if segmenter is not None else "n/a"
     seconds: list[float] = []
     palette = label_palette(dataset.num_classes)
-    bar = tqdm(todo, desc=f"eval {dataset.name}", unit="img", disable=not progress)
-    for s in bar:
+    bar = Progress(len(todo), f"eval {dataset.name}", enabled=progress)
+    for s in todo:
+        bar.start_item(dataset.relative(s.image_path))
         t0 = time.perf_counter()
         img_digest = image_digest(s.image_path, dataset.relative(s.image_path))
         try:
@@ -216,12 +222,12 @@ def evaluate(
                 ) from None
             skipped.append({"image_id": s.image_id, "file": dataset.relative(s.image_path),
                             "reason": str(err)})
+            bar.advance()
             continue
         pred = segment_for_dataset(segmenter, dataset, image)
         inter, union, pred_area, label_area = acc.update(pred, gt)
         if save_predictions:
-            path = prediction_path(run_dir, image_id, dataset.num_classes)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = outputs.claim(prediction_path(run_dir, image_id, dataset.num_classes))
             if dataset.num_classes <= 256:
                 write_indexed_png(path, pred.astype(np.int64), palette, overwrite=True)
             else:
@@ -241,7 +247,7 @@ def evaluate(
         }
         cache.append(rec)
         records[image_id] = done[image_id] = rec
-        bar.set_postfix(mIoU=f"{100 * acc.miou:.1f}")
+        bar.advance(note=f"mIoU {100 * acc.miou:.1f}")
     bar.close()
     if recomputed or not tidy:
         cache.rewrite(done)  # one line per image: superseded records leave the file
@@ -258,4 +264,22 @@ def evaluate(
         new_seconds=seconds,
         skipped=skipped,
         recomputed=recomputed,
+        outputs=outputs,
     )
+
+
+def _cached_ids(path: Path) -> list[str]:
+    """Image ids of a ``per_image.jsonl`` (their predictions are the run's own, recorded or not)."""
+    ids: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ids
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+            ids.append(rec["id"])
+    return ids
