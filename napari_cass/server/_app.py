@@ -1,16 +1,22 @@
 """The FastAPI application: ``/health``, image upload, segmentation, job progress/cancel.
 
 Every error is JSON, ``{"error": {"code": ..., "message": ...}}``, with a message that
-says what to do. No value from a request is ever used as a path: images are held in
-memory under their SHA-256, job ids are opaque strings checked against a pattern.
+says what to do; a 500 says only that the server failed, with an error id under which
+the log holds the details (exception texts name files on the server). No value from a
+request is ever used as a path: images are held in memory under their SHA-256, job ids
+are opaque strings checked against a pattern.
+
+Memory: request bodies, decodes, stored images and the images queued jobs wait on
+share one byte budget (:class:`~._store.ImageStore`); a request that would cross it is
+answered 503 with Retry-After, one that would wait behind a full queue 429.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
+import secrets
+import threading
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,25 +28,21 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ._auth import check_bearer, is_loopback
-from ._protocol import (API_PREFIX, Limits, PayloadError, decode_payload, encode_confidence, encode_labels,
-                        is_image_key, is_job_id)
-from ._worker import EngineWorker, ImageStore, Job, QueueFull
+from ._protocol import API_PREFIX, Limits, PayloadError, decode_payload, decoded_peak_bytes, is_image_key
+from ._requests import (BODY_IDLE_TIMEOUT, ApiError, check_origin, error_reply, memory_full, parse_segment,
+                        read_body, reply_body, require_json)
+from ._store import BudgetFull, DecodeGate, DecodeQueueFull, ImageStore
+from ._worker import EngineWorker, Job, QueueFull
 
-__all__ = ["ApiError", "create_app"]
+__all__ = ["ApiError", "ENGINE_BYTES_PER_PIXEL", "STOPPED_MESSAGE", "create_app"]
 
 log = logging.getLogger("napari_cass.server")
 
-
-class ApiError(Exception):
-    """An error reply: HTTP ``status``, a machine ``code`` and a human ``message``."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _error(status: int, code: str, message: str, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+#: Working memory one running job may need per image pixel (labels, confidence, their
+#: PNG encodings; measured ~8 B/px with tiny models at 40 MP), set aside per engine.
+ENGINE_BYTES_PER_PIXEL = 12
+STOPPED_MESSAGE = ("The server is stopping (it was asked to quit) and did not finish this request; "
+                   "send it again once the server is back.")
 
 
 def create_app(
@@ -51,7 +53,9 @@ def create_app(
     limits: Limits | None = None,
     max_queue: int = 32,
     store_images: int = 64,
-    store_bytes: int = 2 * 2**30,
+    memory_budget: int = 4 * 2**30,
+    max_decodes: int = 2,
+    body_timeout: float = BODY_IDLE_TIMEOUT,
 ) -> FastAPI:
     """Build the server application around one loaded ``segmenter``.
 
@@ -67,9 +71,18 @@ def create_app(
     limits : Limits, optional
         Request limits (defaults: :class:`Limits`).
     max_queue : int
-        Requests that may wait for the engine; one more is answered 429 with Retry-After.
-    store_images, store_bytes : int
-        Bound of the store of uploaded images (by count and by bytes).
+        Requests that may wait for the engine (and uploads for a decode slot); one more
+        is answered 429 with Retry-After.
+    store_images : int
+        Uploaded images kept for later requests.
+    memory_budget : int
+        Bytes for request bodies, decodes, stored and queued images, plus
+        :data:`ENGINE_BYTES_PER_PIXEL` x ``max_pixels`` set aside per engine. Beyond it,
+        503 with Retry-After.
+    max_decodes : int
+        Image decodes at once.
+    body_timeout : float
+        Seconds a request body may stall before the request is refused (408).
     """
     if token is None and not is_loopback(host):
         raise ValueError(
@@ -80,45 +93,68 @@ def create_app(
         raise ValueError("The server token must have at least 16 characters.")
     limits = limits or Limits()
     worker = EngineWorker(segmenter, max_queue=max_queue)
-    store = ImageStore(store_images, store_bytes)
+    working = len(worker.engines) * ENGINE_BYTES_PER_PIXEL * limits.max_pixels
+    if working > memory_budget // 2:
+        raise ValueError(
+            f"A memory budget of {memory_budget / 2**30:.2f} GB is too small: {len(worker.engines)} engine(s) "
+            f"need {working / 2**30:.2f} GB of working memory for images of {limits.max_pixels} pixels, and "
+            "at least as much must remain for images. Raise --memory-budget-gb or lower --max-pixels.")
+    store = ImageStore(store_images, memory_budget - working)
+    decodes = DecodeGate(max_decodes, max_waiting=max_queue)
+    stopping = threading.Event()
     jobs: dict[str, Job] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        stopping.clear()
         worker.start()
         try:
             yield
         finally:
+            stopping.set()
             await run_in_threadpool(worker.stop)
 
     app = FastAPI(title="napari-cass", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.worker, app.state.store, app.state.limits = worker, store, limits
+    app.state.begin_stop = stopping.set  # called by the uvicorn server (see _uvicorn) as it stops
     if token is None:
         # No token on loopback: refuse other Host names, so a web page cannot reach the
         # server through DNS rebinding (browsers send the attacker's name as Host).
         allowed = {"127.0.0.1", "localhost", "::1", "[::1]", host.strip().strip("[]").lower()}
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(allowed))
+    app.add_middleware(_AnswerWhenStopped)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return error_reply(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(BudgetFull)
+    async def _budget_full(request: Request, exc: BudgetFull):
+        err = memory_full(exc, worker.retry_after())
+        return error_reply(err.status, err.code, err.message, err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = "not_found" if exc.status_code == 404 else "bad_request"
-        return _error(exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}.")
+        return error_reply(exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}.")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
-        log.exception("Unexpected error in %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", f"The server failed: {type(exc).__name__}: {exc}")
+        err = internal_error(f"{request.method} {request.url.path}", exc)
+        return error_reply(err.status, err.code, err.message)
 
     def authorize(request: Request) -> None:
+        check_origin(request)
         if token is not None and not check_bearer(request.headers.get("authorization"), token):
             raise ApiError(401, "unauthorized", "Missing or wrong token: send 'Authorization: Bearer "
                            "<token>' with the token from the server's token file.",
                            {"WWW-Authenticate": "Bearer"})
+
+    def busy(what: str) -> ApiError:
+        wait = worker.retry_after()
+        return ApiError(429, "busy", f"The server is busy ({what}); try again in {wait} s.",
+                        {"Retry-After": str(wait)})
 
     @app.get("/health")
     async def health() -> dict:
@@ -138,7 +174,8 @@ def create_app(
     @app.get(f"{API_PREFIX}/info")
     async def info(request: Request) -> dict:
         authorize(request)
-        return {**(await health()), "limits": limits.as_dict(), "stored_images": len(store)}
+        return {**(await health()), "limits": limits.as_dict(), "stored_images": len(store),
+                "memory": {**store.stats(), "engine_reserve_bytes": working}}
 
     @app.put(API_PREFIX + "/images/{key}")
     async def upload(key: str, request: Request):
@@ -147,43 +184,50 @@ def create_app(
             raise ApiError(400, "bad_request", "An image key is the lower-case hex SHA-256 of the payload.")
         if store.get(key) is not None:
             return JSONResponse({"image": key, "stored": True}, status_code=200)
-        body = await _read_body(request, limits.max_upload_bytes)
-        try:
-            image = await run_in_threadpool(
-                decode_payload, body, request.headers.get("content-type", ""),
-                request.headers.get("content-encoding"), key, limits,
-            )
-        except PayloadError as exc:
-            raise ApiError(exc.status, exc.code, str(exc)) from None
-        store.put(key, image)
+        ctype, encoding = request.headers.get("content-type", ""), request.headers.get("content-encoding")
+        with store.reservation() as held:
+            body = await read_body(request, limits.max_upload_bytes, held, idle_timeout=body_timeout)
+            try:
+                peak = decoded_peak_bytes(body, ctype, encoding, limits)
+                try:
+                    async with decodes.slot():
+                        held.grow(peak)  # counted before a byte of it is allocated
+                        image = await run_in_threadpool(decode_payload, body, ctype, encoding, key, limits)
+                except DecodeQueueFull as exc:
+                    raise busy(str(exc)) from None
+            except PayloadError as exc:
+                raise ApiError(exc.status, exc.code, str(exc)) from None
+            del body
+            image = store.put(key, image, held)
         return JSONResponse({"image": key, "stored": True, "shape": list(image.shape),
                              "dtype": str(image.dtype)}, status_code=201)
 
     @app.post(f"{API_PREFIX}/segment")
     async def segment(request: Request):
         authorize(request)
-        spec = _parse_segment(await _read_body(request, limits.max_json_bytes), limits)
-        image = store.get(spec["image"])
+        require_json(request)
+        spec = parse_segment(await read_body(request, limits.max_json_bytes, idle_timeout=body_timeout), limits)
+        job_id, key = spec["job_id"], spec["image"]
+        if job_id in jobs:
+            raise ApiError(409, "bad_request", f"Job id {job_id} is in use; send a new random id.")
+        image = store.pin(key)  # counted in the budget until the job leaves, even if evicted
         if image is None:
             raise ApiError(428, "need_pixels", "This server does not hold that image (any more): "
                            f"upload it with PUT {API_PREFIX}/images/<key>, then repeat the request.")
-        job_id = spec["job_id"]
-        if job_id in jobs:
-            raise ApiError(409, "bad_request", f"Job id {job_id} is in use; send a new random id.")
         job = Job(id=job_id, image=image, classes=spec["classes"], background=spec["background"],
-                  method=spec["method"], preset=spec["preset"])
+                  method=spec["method"], preset=spec["preset"], on_done=lambda: store.unpin(key))
+        job.finish = lambda result: reply_body(result, spec, (job.started or job.enqueued) - job.enqueued)
+        del image
         try:
             worker.submit(job)
         except QueueFull as exc:
-            wait = worker.retry_after()
-            raise ApiError(429, "busy", f"The server is busy ({exc}); try again in {wait} s.",
-                           {"Retry-After": str(wait)}) from None
+            job.leave()
+            raise busy(str(exc)) from None
         jobs[job_id] = job
         try:
-            result = await _wait(job, request)
+            return JSONResponse(await _wait(job, request, worker, stopping))
         finally:
             jobs.pop(job_id, None)
-        return await run_in_threadpool(_reply, job, result, spec)
 
     def find_job(job_id: str, request: Request):
         authorize(request)
@@ -202,94 +246,39 @@ def create_app(
 
     @app.delete(API_PREFIX + "/jobs/{job_id}")
     async def job_cancel(job_id: str, request: Request) -> dict:
-        find_job(job_id, request).cancel()
+        worker.drop(find_job(job_id, request))
         return {"cancelled": True}
 
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "bad_request", "Invalid Content-Length header.")
-        if int(declared) > limit:
-            raise ApiError(413, "too_large", f"The request body is {declared} bytes; this server "
-                           f"accepts at most {limit} on this route.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"The request body exceeds {limit} bytes, this server's limit.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def internal_error(where: str, exc: BaseException) -> ApiError:
+    """A 500 that tells the client an error id only; the log gets the id and the traceback."""
+    ref = secrets.token_hex(4)
+    log.error("Error %s in %s", ref, where, exc_info=(type(exc), exc, exc.__traceback__))
+    return ApiError(500, "internal_error", f"The server failed on this request (error id {ref}); its log "
+                    "has the details under that id. Try again, or give the id to the server's operator.")
 
 
-def _parse_segment(body: bytes, limits: Limits) -> dict:
-    """Validate the JSON of ``POST /v1/segment`` into plain values (see RemoteSegmenter)."""
-    from ..engine import ClassPrompt, METHODS, PRESETS, normalize_classes
-
-    try:
-        spec = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", f"The request body is not valid JSON ({exc}).") from None
-    if not isinstance(spec, dict):
-        raise ApiError(400, "bad_request", "The request body must be a JSON object.")
-    key, job_id = spec.get("image"), spec.get("job_id")
-    if not is_image_key(key):
-        raise ApiError(400, "bad_request", "'image' must be the lower-case hex SHA-256 of the image payload.")
-    if not is_job_id(job_id):
-        raise ApiError(400, "bad_request", "'job_id' must be 8-64 letters, digits, '-' or '_'.")
-    raw = spec.get("classes")
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(422, "bad_request", "'classes' must be a non-empty list of "
-                       "{\"name\": str, \"queries\": [str, ...]}.")
-    background = spec.get("background")
-    if background is not None and (not isinstance(background, list)
-                                   or not all(isinstance(w, str) for w in background)):
-        raise ApiError(422, "bad_request", "'background' must be a list of words, or null.")
-    n_classes = len(raw) + (1 if background else 0)
-    if n_classes > limits.max_classes:
-        raise ApiError(422, "too_many_classes", f"{n_classes} classes; this server accepts at most "
-                       f"{limits.max_classes} per request.")
-    prompts = []
-    for i, item in enumerate(raw):
-        if not (isinstance(item, dict) and isinstance(item.get("name"), str)
-                and isinstance(item.get("queries"), list) and item["queries"]
-                and all(isinstance(q, str) for q in item["queries"])):
-            raise ApiError(422, "bad_request", f"Class {i + 1} must be {{\"name\": str, \"queries\": [str, ...]}}.")
-        prompts.append(ClassPrompt(name=item["name"], queries=tuple(item["queries"])))
-    words = [w for p in prompts for w in (p.name, *p.queries)] + list(background or [])
-    if sum(len(p.queries) for p in prompts) + len(background or []) > limits.max_queries:
-        raise ApiError(422, "prompt_too_long", f"More than {limits.max_queries} words in the class list.")
-    longest = max(words, key=len)
-    if len(longest) > limits.max_word_chars:
-        raise ApiError(422, "prompt_too_long", f"A class word has {len(longest)} characters; this "
-                       f"server accepts at most {limits.max_word_chars}.")
-    try:
-        prompts = normalize_classes(prompts)
-    except ValueError as exc:
-        raise ApiError(422, "bad_request", str(exc)) from None
-    method, preset = spec.get("method"), spec.get("preset")
-    if method is not None and method not in METHODS:
-        raise ApiError(422, "bad_request", f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if preset is not None and preset not in PRESETS:
-        raise ApiError(422, "bad_request", f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    return {"image": key, "job_id": job_id, "classes": prompts, "background": background or None,
-            "method": method, "preset": preset, "confidence": bool(spec.get("confidence", False))}
-
-
-async def _wait(job: Job, request: Request):
-    """The job's result; a client that goes away cancels its job."""
+async def _wait(job: Job, request: Request, worker: EngineWorker, stopping: threading.Event) -> dict:
+    """The job's reply; a client that goes away, or a server that stops, drops its job."""
     from ..engine import SegmentationCancelled
 
     waiting = asyncio.wrap_future(job.future)
-    while not waiting.done():
-        done, _ = await asyncio.wait({waiting}, timeout=0.1)
-        if not done and not job.cancelled.is_set() and await request.is_disconnected():
-            log.info("Client gone: cancelling job %s", job.id)
-            job.cancel()
+    try:
+        while not waiting.done():
+            done, _ = await asyncio.wait({waiting}, timeout=0.1)
+            if done:
+                break
+            if stopping.is_set():
+                worker.drop(job)
+                raise ApiError(503, "server_stopped", STOPPED_MESSAGE, {"Retry-After": "30"})
+            if not job.cancelled.is_set() and await request.is_disconnected():
+                log.info("Client gone: dropping job %s", job.id)
+                worker.drop(job)
+    except BaseException:
+        worker.drop(job)
+        raise
     try:
         return waiting.result()
     except SegmentationCancelled:
@@ -297,24 +286,36 @@ async def _wait(job: Job, request: Request):
     except (ValueError, TypeError) as exc:  # bad input the engine refused
         raise ApiError(422, "bad_request", str(exc)) from None
     except Exception as exc:
-        log.exception("Job %s failed", job.id)
-        raise ApiError(500, "internal_error", f"Segmentation failed on the server: "
-                       f"{type(exc).__name__}: {exc}") from None
+        raise internal_error(f"job {job.id}", exc) from None
 
 
-def _reply(job: Job, result, spec: dict) -> JSONResponse:
-    labels = result.labels
-    timings = {k: float(v) for k, v in result.timings.items()}
-    timings["server_queue"] = (job.started or job.enqueued) - job.enqueued
-    body = {
-        "image": spec["image"],
-        "shape": list(labels.shape),
-        "labels_png": encode_labels(labels, len(result.classes)),
-        "confidence_png": encode_confidence(result.confidence) if spec["confidence"] else None,
-        "classes": [{"name": c.name, "queries": list(c.queries)} for c in result.classes],
-        "has_background": bool(result.has_background),
-        "timings": timings,
-        "from_cache": bool(result.from_cache),
-        "finished": time.time(),
-    }
-    return JSONResponse(body)
+class _AnswerWhenStopped:
+    """ASGI wrapper: a request cut short by the server's shutdown gets a 503 saying so.
+
+    uvicorn cancels requests still running when its graceful-shutdown time is up; without
+    this the client would get a bare 500 and the log a CancelledError traceback.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            log.info("Server stopping: %s %s ended unfinished", scope.get("method"), scope.get("path"))
+            if not started:
+                reply = error_reply(503, "server_stopped", STOPPED_MESSAGE, {"Retry-After": "30"})
+                try:
+                    await reply(scope, receive, send)
+                except Exception:  # the connection is already gone
+                    pass

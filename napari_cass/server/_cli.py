@@ -24,6 +24,10 @@ examples:
 On any address other than loopback every request needs 'Authorization: Bearer <token>'.
 Without --token-file the token is generated once and kept (mode 0600) in the user config
 folder; the path is printed at start. GET /health answers without the token.
+
+On the internet, put it behind a reverse proxy (nginx, Caddy) that terminates HTTPS and
+limits connections and request rates per client; the server's own limits (request head
+within 10 s, --max-connections, --memory-budget-gb, --queue-size) keep it alive, not fair.
 """
 
 
@@ -54,10 +58,19 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="images whose features the engine keeps for prompt edits (default: 32)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body (default: 64)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, H x W (default: 40e6)")
+    p.add_argument("--memory-budget-gb", type=float, default=4.0,
+                   help="memory for uploads, decoding, stored and queued images and the engines' working "
+                        "memory (models not included); requests beyond it are answered 503 (default: 4)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="open connections; beyond it the oldest that sent no request yet is closed "
+                        "(default: what the open-file limit allows, at most 1000)")
     p.add_argument("--ssl-certfile", type=Path, default=None,
                    help="serve HTTPS with this certificate (PEM); clients give it with --ca-file if self-signed")
     p.add_argument("--ssl-keyfile", type=Path, default=None, help="private key (PEM) of --ssl-certfile")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    from ..integrations.label_studio import add_label_studio_arguments
+
+    add_label_studio_arguments(p)
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -90,20 +103,27 @@ def _check_server_deps() -> None:
 def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
     """Run ``napari-cass serve`` until interrupted (``segmenter`` injects models, e.g. in tests)."""
     _check_server_deps()
-    import uvicorn
-
     from ._app import create_app
     from ._protocol import Limits
+    from ._uvicorn import make_server
 
     for name in ("port", "queue_size", "cache_images", "max_pixels"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    if not args.memory_budget_gb > 0:
+        raise ValueError("--memory-budget-gb must be above 0, e.g. 4.")
+    if args.max_connections is not None and args.max_connections < 2:
+        raise ValueError("--max-connections must be at least 2.")
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise ValueError("Give both --ssl-certfile and --ssl-keyfile, or neither.")
     for path in (args.ssl_certfile, args.ssl_keyfile):
         if path is not None and not path.is_file():
             raise ValueError(f"{path} does not exist.")
     token, token_line = _server_token(args)  # before loading models: fail fast
+    from ..integrations.label_studio import label_studio_from_args
+
+    label_studio = label_studio_from_args(args, Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
+                                                       max_pixels=int(args.max_pixels)))
     if segmenter is None:
         devices = [d.strip() for d in args.device.split(",") if d.strip()]
         if len(set(devices)) != len(devices) or not devices:
@@ -115,7 +135,12 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
         segmenter = [first, *(replicate(first, device, args.cache_images) for device in devices[1:])]
     engines = segmenter if isinstance(segmenter, list) else [segmenter]
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels))
-    app = create_app(segmenter, token=token, host=args.host, limits=limits, max_queue=args.queue_size)
+    app = create_app(segmenter, token=token, host=args.host, limits=limits, max_queue=args.queue_size,
+                     memory_budget=int(args.memory_budget_gb * 2**30))
+    if label_studio is not None:  # POST /setup, /predict, /webhook for Label Studio
+        label_studio.mount(app, token)
+        print(f"napari-cass serve: Label Studio ML backend on, images from {label_studio.fetcher.base_url}",
+              file=sys.stderr)
     print(f"napari-cass serve: {engines[0].method} on {', '.join(str(e.device) for e in engines)}, "
           f"models {getattr(engines[0], 'model_names', {})}", file=sys.stderr)
     print(f"napari-cass serve: {token_line}", file=sys.stderr)
@@ -125,9 +150,19 @@ def cmd_serve(args: argparse.Namespace, segmenter: Any = None) -> int:
               "network unencrypted; on a network you do not trust use HTTPS or an SSH tunnel.", file=sys.stderr)
     print(f"napari-cass serve: listening on {scheme}://{args.host}:{args.port} (Ctrl+C to stop)",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10,
-                ssl_certfile=args.ssl_certfile and str(args.ssl_certfile),
-                ssl_keyfile=args.ssl_keyfile and str(args.ssl_keyfile))
+    server = make_server(app, args.host, args.port, log_level=args.log_level, max_connections=args.max_connections,
+                         timeout_graceful_shutdown=10, ssl_certfile=args.ssl_certfile and str(args.ssl_certfile),
+                         ssl_keyfile=args.ssl_keyfile and str(args.ssl_keyfile))
+    print(f"napari-cass serve: memory budget {args.memory_budget_gb:g} GB, at most "
+          f"{server.guard.max_connections} connections", file=sys.stderr)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl+C: uvicorn re-raises the signal after its clean stop
+        pass
+    if not server.started:
+        print(f"napari-cass serve: could not start on {args.host}:{args.port} (see the messages above).",
+              file=sys.stderr)
+        return 3
     return 0
 
 

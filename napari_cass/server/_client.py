@@ -56,7 +56,8 @@ class RemoteSegmenter:
     connect_timeout : float
         Seconds to wait for a connection.
     busy_wait : float
-        Total seconds to keep retrying while the server answers 429 (busy).
+        Total seconds to keep retrying while the server answers 429 (busy) or 503 with
+        ``memory_full`` (its memory budget is taken by other clients' images).
     backend : str
         ``"auto"`` (httpx if installed), ``"httpx"`` or ``"urllib"``.
     ca_file : path, optional
@@ -207,7 +208,8 @@ class RemoteSegmenter:
                 self._upload(key, raw, cancel, progress)
                 uploads += 1
                 continue
-            if status == 429 and time.perf_counter() < deadline:
+            retry = status == 429 or (status == 503 and _code(reply) == "memory_full")
+            if retry and time.perf_counter() < deadline:
                 wait = _retry_after(headers, deadline - time.perf_counter())
                 if progress is not None:
                     progress(0, 1, f"server busy, retrying in {wait:.0f} s")
@@ -246,9 +248,18 @@ class RemoteSegmenter:
         payload = zlib.compress(raw, 1)
         if progress is not None:
             progress(0, 1, f"uploading image ({len(payload) / 2**20:.1f} MiB)")
-        status, _, reply = self._cancellable(
-            "PUT", f"{API_PREFIX}/images/{key}", payload,
-            {"Content-Type": NPY_TYPE, "Content-Encoding": "deflate"}, self.timeout, cancel, None, None)
+        deadline = time.perf_counter() + self.busy_wait
+        while True:
+            status, headers, reply = self._cancellable(
+                "PUT", f"{API_PREFIX}/images/{key}", payload,
+                {"Content-Type": NPY_TYPE, "Content-Encoding": "deflate"}, self.timeout, cancel, None, None)
+            retry = status == 429 or (status == 503 and _code(reply) == "memory_full")
+            if not retry or time.perf_counter() >= deadline:
+                break
+            wait = _retry_after(headers, deadline - time.perf_counter())
+            if progress is not None:
+                progress(0, 1, f"server busy, retrying the upload in {wait:.0f} s")
+            self._sleep(wait, cancel)
         self._json_or_raise(status, reply)
         with self._lock:
             self.stats["uploads"] += 1

@@ -27,6 +27,7 @@ __all__ = [
     "decode_confidence",
     "decode_labels",
     "decode_payload",
+    "decoded_peak_bytes",
     "encode_array",
     "encode_confidence",
     "encode_labels",
@@ -46,7 +47,8 @@ _JOB_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 # Machine-readable "code" values of the JSON errors ({"error": {"code", "message"}}).
 ERROR_CODES = (
     "unauthorized", "need_pixels", "too_large", "bad_request", "bad_image", "hash_mismatch",
-    "too_many_classes", "prompt_too_long", "busy", "cancelled", "not_found", "internal_error",
+    "too_many_classes", "prompt_too_long", "busy", "memory_full", "cancelled", "not_found",
+    "internal_error", "server_stopped", "unsupported_type", "cross_origin", "timeout",
 )
 
 
@@ -153,6 +155,47 @@ def decode_payload(
             "the upload was corrupted or the client hashed something else.", 400, "hash_mismatch"
         )
     return _decode_npy(raw, limits) if ctype == NPY_TYPE else _decode_picture(raw, limits)
+
+
+def decoded_peak_bytes(body: bytes, content_type: str, content_encoding: str | None, limits: Limits) -> int:
+    """Bytes :func:`decode_payload` may hold at once for ``body``, from its header only.
+
+    An upper bound, read without decoding the pixels, so the server can count the memory
+    before it is used: for ``.npy``, the inflated file plus the array; for PNG/JPEG,
+    Pillow's decoded image (4 bytes per pixel for any multi-band mode), its converted copy
+    and the final array. Raises :class:`PayloadError` for what :func:`decode_payload` would
+    refuse on its header (type, size), so a hopeless upload costs nothing.
+    """
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in IMAGE_TYPES:
+        raise PayloadError(f"Unsupported Content-Type {content_type!r}: send {', '.join(IMAGE_TYPES)}.", 415)
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding not in ("deflate", "identity"):
+        raise PayloadError(f"Unsupported Content-Encoding {content_encoding!r}: use deflate or none.", 415)
+    if ctype == NPY_TYPE:
+        head = zlib.decompressobj().decompress(body, 1 << 16) if encoding == "deflate" else body[:1 << 16]
+        f = io.BytesIO(head)
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_2_0 if version == (2, 0) else \
+                np.lib.format.read_array_header_1_0
+            shape, _, dtype = reader(f)
+        except (ValueError, zlib.error, EOFError) as exc:
+            raise PayloadError(f"Not a valid .npy array ({exc}).") from None
+        _check_shape(tuple(shape), limits)
+        array = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return 2 * array + len(head)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(body), formats=["PNG", "JPEG"]) as img:
+            (w, h), mode = img.size, img.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise PayloadError(f"Cannot decode the image as PNG or JPEG ({exc}).") from None
+    _check_shape((h, w), limits)
+    decoded = 4 if len(mode) > 1 and not mode.startswith("I;16") else (2 if mode.startswith("I;16") else 1)
+    decoded = 4 if mode in ("I", "F") else decoded
+    return h * w * (decoded + 4 + 4)
 
 
 def _inflate(body: bytes, max_bytes: int) -> bytes:

@@ -21,18 +21,23 @@ class BackgroundServer:
         0 picks a free port; read it back from :attr:`port` after :meth:`start`.
     ssl_certfile, ssl_keyfile : str, optional
         Serve HTTPS with this certificate (chain) and private key.
+    max_connections, header_timeout : optional
+        The slow-client guard's settings (see :func:`napari_cass.server._uvicorn.make_server`).
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
-        import uvicorn
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                 max_connections: int | None = None, header_timeout: float | None = None,
+                 access_log: bool = False):
+        from ._uvicorn import HEADER_TIMEOUT, make_server
 
         self.host = host
         self.scheme = "https" if ssl_certfile else "http"
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5, timeout_keep_alive=30,
-                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-        self._server = uvicorn.Server(config)
+        self._server = make_server(app, host, port, log_level=log_level, access_log=access_log,
+                                   max_connections=max_connections,
+                                   header_timeout=header_timeout or HEADER_TIMEOUT, timeout_graceful_shutdown=5,
+                                   ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        self.guard = self._server.guard
         self._thread: threading.Thread | None = None
         self.port = port
 

@@ -1,24 +1,25 @@
-"""Engines (one per GPU) behind one bounded FIFO queue, and the store of uploaded images.
+"""Engines (one per GPU) behind one bounded FIFO queue.
 
 Each engine runs in its own worker thread and takes one job at a time, so jobs from
 several annotators are served in arrival order and never share an engine mid-run. A full queue is
-refused at once (the caller answers 429); a cancelled job is skipped, or stops at the
-engine's next cancel check.
+refused at once (the caller answers 429); a job whose client left is taken out of the
+queue at once (:meth:`EngineWorker.drop`, its image unpinned), or stops at the engine's
+next cancel check. A job's reply is encoded in the engine's thread, so the full-size
+result arrays never outlive the engine's turn.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["EngineWorker", "ImageStore", "Job", "QueueFull"]
+__all__ = ["EngineWorker", "Job", "QueueFull"]
 
 
 class QueueFull(RuntimeError):
@@ -27,10 +28,15 @@ class QueueFull(RuntimeError):
 
 @dataclass
 class Job:
-    """One segmentation request on its way through the queue."""
+    """One segmentation request on its way through the queue.
+
+    ``finish(result)`` (optional) turns the engine's result into the reply in the
+    engine's thread; ``on_done()`` runs once when the job leaves the server (finished,
+    failed, cancelled or dropped), e.g. to unpin its image.
+    """
 
     id: str
-    image: np.ndarray
+    image: np.ndarray | None
     classes: list
     background: list[str] | None = None
     method: str | None = None
@@ -40,12 +46,21 @@ class Job:
     progress: tuple[int, int, str] = (0, 0, "queued")
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None
+    finish: Callable[[Any], Any] | None = None
+    on_done: Callable[[], None] | None = None
 
     def on_progress(self, done: int, total: int, message: str) -> None:
         self.progress = (int(done), int(total), str(message))
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def leave(self) -> None:
+        """Let go of the image and run ``on_done`` (once)."""
+        done, self.on_done = self.on_done, None
+        self.image = None
+        if done is not None:
+            done()
 
 
 class _Engine:
@@ -81,9 +96,10 @@ class EngineWorker:
         self.engines = [_Engine(seg, i) for i, seg in enumerate(listed)]
         self.segmenter = listed[0]
         self.max_queue = int(max_queue)
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.max_queue)
         self._lock = threading.Lock()
-        self._waiting: list[Job] = []
+        self._ready = threading.Condition(self._lock)
+        self._waiting: deque[Job] = deque()
+        self._stopping = False
         self._durations: list[float] = []
         self.default_method = self.engines[0].method
         self.default_preset = getattr(self.engines[0].preset, "name", self.engines[0].preset)
@@ -96,6 +112,8 @@ class EngineWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        with self._lock:
+            self._stopping = False
         for engine in self.engines:
             if engine.thread is None or not engine.thread.is_alive():
                 engine.thread = threading.Thread(target=self._run, args=(engine,), daemon=True,
@@ -103,18 +121,22 @@ class EngineWorker:
                 engine.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel waiting and running jobs and end the threads."""
+        """Drop waiting jobs, cancel running ones and end the threads."""
+        from ..engine import SegmentationCancelled
+
         with self._lock:
-            for job in [*self._waiting, *(e.running for e in self.engines if e.running)]:
-                job.cancel()
-        alive = [e.thread for e in self.engines if e.thread is not None and e.thread.is_alive()]
-        for _ in alive:
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                break
-        for thread in alive:
-            thread.join(timeout)
+            self._stopping = True
+            dropped, self._waiting = list(self._waiting), deque()
+            running = [e.running for e in self.engines if e.running]
+            self._ready.notify_all()
+        for job in running:
+            job.cancel()
+        for job in dropped:
+            job.cancel()
+            _settle(job, SegmentationCancelled("The server stopped before the job started."))
+        for engine in self.engines:
+            if engine.thread is not None:
+                engine.thread.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -124,12 +146,27 @@ class EngineWorker:
     def submit(self, job: Job) -> Job:
         """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` jobs already wait."""
         with self._lock:
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
-                raise QueueFull(f"{self.max_queue} requests are already waiting.") from None
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests are already waiting.")
             self._waiting.append(job)
+            self._ready.notify()
         return job
+
+    def drop(self, job: Job) -> bool:
+        """Cancel ``job``; a job still waiting leaves the queue (and its image) at once.
+
+        Returns True when it was waiting (it will never run).
+        """
+        from ..engine import SegmentationCancelled
+
+        job.cancel()
+        with self._lock:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return False
+        _settle(job, SegmentationCancelled("Cancelled before it started."))
+        return True
 
     def position(self, job: Job) -> int:
         """Jobs waiting ahead of ``job`` (0 when it runs or is next)."""
@@ -150,11 +187,12 @@ class EngineWorker:
 
     def _run(self, engine: _Engine) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
             with self._lock:
-                self._waiting.remove(job)
+                while not self._waiting and not self._stopping:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                job = self._waiting.popleft()
                 engine.running = job
             try:
                 self._execute(engine, job)
@@ -166,7 +204,7 @@ class EngineWorker:
         from ..engine import SegmentationCancelled
 
         if job.cancelled.is_set():
-            job.future.set_exception(SegmentationCancelled("Cancelled before it started."))
+            _settle(job, SegmentationCancelled("Cancelled before it started."))
             return
         job.started = time.perf_counter()
         job.progress = (0, 0, "started")
@@ -176,15 +214,18 @@ class EngineWorker:
                 job.image, job.classes, progress=job.on_progress, cancel=job.cancelled.is_set,
                 background=job.background,
             )
+            job.image = None
+            if job.finish is not None:
+                result = job.finish(result)
         except BaseException as exc:  # a crash in one request must not end the worker
             with self._lock:
                 self.failed += 1
-            job.future.set_exception(exc)
+            _settle(job, exc)
             return
         with self._lock:
             self.served += 1
             self._durations = (self._durations + [time.perf_counter() - job.started])[-20:]
-        job.future.set_result(result)
+        _settle(job, None, result)
 
     @staticmethod
     def _configure(engine: _Engine, job: Job) -> None:
@@ -200,36 +241,12 @@ class EngineWorker:
             seg.set_preset(engine.preset)  # the very object it was built with (may be customised)
 
 
-class ImageStore:
-    """Recently uploaded images by key, bounded by count and bytes (least recently used out)."""
-
-    def __init__(self, max_images: int = 64, max_bytes: int = 2 * 2**30):
-        self.max_images = int(max_images)
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            arr = self._items.get(key)
-            if arr is not None:
-                self._items.move_to_end(key)
-            return arr
-
-    def put(self, key: str, image: np.ndarray) -> None:
-        image.flags.writeable = False  # shared by every job that names this key
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = image
-            self._bytes += image.nbytes
-            while self._items and (len(self._items) > self.max_images or self._bytes > self.max_bytes):
-                if len(self._items) == 1:
-                    break  # keep the image just uploaded even if it alone exceeds max_bytes
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
+def _settle(job: Job, exc: BaseException | None, result: Any = None) -> None:
+    """Release the job's image, then deliver its outcome (once)."""
+    job.leave()
+    if job.future.done():
+        return
+    if exc is not None:
+        job.future.set_exception(exc)
+    else:
+        job.future.set_result(result)
