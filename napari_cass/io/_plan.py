@@ -250,12 +250,19 @@ def plan_outputs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.Pat
 
 
 def _refuse_outputs_over_inputs(out: Path, images: Sequence[PlannedImage]) -> None:
-    """An output that is an input image (``segment a.png --out .``) would replace the image."""
+    """An output that is an input image (``segment a.png --out .``) would replace the image.
+
+    Also where the output's name is a link to an input (``out/a.png -> ../photos/a.png``):
+    the session did not create that link, and writing would take the input's place.
+    """
     folder = out.resolve()
     inputs = {_key(item.source.name): item.source for item in images if item.source.parent == folder}
+    sources = {item.source for item in images}
     for item in images:
         for path in item.outputs:
             source = inputs.get(_key(path.name))
+            if source is None and os.path.lexists(path) and path.resolve() in sources:
+                source = path.resolve()
             if source is not None:
                 raise ValueError(
                     f"The output {path} would replace the input image {source}. Segment into "
