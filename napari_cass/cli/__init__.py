@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_segment_parser(sub)
     add_weights_parser(sub)
+    from ..integrations._convert_cli import add_convert_parser  # Label Studio JSON <-> folders
+
+    add_convert_parser(sub)
     try:
         from ..server._cli import add_serve_parser
     except ImportError:  # the server package is optional in development trees
