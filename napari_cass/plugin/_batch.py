@@ -54,6 +54,11 @@ class BatchPanel(QWidget):
         self.next_btn.setToolTip("Save this mask and go to the next image (Shift+N)")
         self.status = QLabel("no folder open")
         self.status.setWordWrap(True)
+        #: The last thing batch mode had to say about the folder (files skipped, records
+        #: ignored); it stays while runs report their progress in the dock's status line.
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setVisible(False)
         self.open_btn.clicked.connect(
             lambda: on_open(self.image_dir.text().strip(), self.output_dir.text().strip())
         )
@@ -74,12 +79,18 @@ class BatchPanel(QWidget):
         nav.addWidget(self.next_btn)
         grid.addLayout(nav, 2, 0, 1, 3)
         grid.addWidget(self.status, 3, 0, 1, 3)
+        grid.addWidget(self.message, 4, 0, 1, 3)
         self.set_session(None)
 
     def _browse(self, edit: QLineEdit, title: str) -> None:
         folder = QFileDialog.getExistingDirectory(self, title, edit.text())
         if folder:
             edit.setText(folder)
+
+    def set_message(self, text: str) -> None:
+        """Show (or, with "", hide) the batch's own message under the counter."""
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
 
     def set_session(self, session: BatchSession | None) -> None:
         """Refresh buttons and the 'image i / n' line."""

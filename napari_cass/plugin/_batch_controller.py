@@ -148,6 +148,7 @@ class BatchController:
         self.panel.output_dir.setText(str(session.output_dir))
         self._remember(session)
         self._adopt()
+        self.panel.set_message("\n".join(session.warnings))
         for warning in session.warnings:
             self._say("warning", warning)
         return self._visit(session.index, 0)
@@ -238,20 +239,25 @@ class BatchController:
                 continue
             self._show(data, mask)
             if skipped:
-                self._say("warning", f"Skipped {self._list_failed(skipped)}: marked failed in "
-                                     "progress.json; nothing is saved under their names.")
+                self._tell("warning", f"Skipped {self._list_failed(skipped)}: marked failed in "
+                                      "progress.json; nothing is saved under their names.")
             return True if mask is not None else self._segment()
         if step and self._shown_index(self.image_layer, self.labels_layer) == before:
             session.go_to(before)  # the image on screen stays the current one
             self.panel.set_session(session)
-            self._say("warning", f"No readable image {'after' if step > 0 else 'before'} this "
+            self._tell("warning", f"No readable image {'after' if step > 0 else 'before'} this "
                                  f"one: {self._list_failed(skipped)} skipped.")
             return False
         self._blank()
-        self._say("error", f"No image of {session.image_dir} can be read: "
+        self._tell("error", f"No image of {session.image_dir} can be read: "
                            f"{self._list_failed(skipped)}. The batch layers are hidden and "
                            "nothing is saved; fix or remove those files, then Open / resume.")
         return False
+
+    def _tell(self, kind: str, message: str) -> None:
+        """Say it in the dock's status line and keep it under the batch counter."""
+        self.panel.set_message(message)
+        self._say(kind, message)
 
     def _list_failed(self, names: list[str]) -> str:
         failed = self.session.failed if self.session is not None else {}
@@ -370,6 +376,7 @@ class BatchController:
             return False
         if not self.save():
             return False
+        self.panel.set_message("")
         target = session.index + step
         if not 0 <= target < len(session):
             self.panel.set_session(session)
