@@ -32,6 +32,12 @@ def _labels(widget: CassWidget, image_name: str = "pic") -> Labels:
 
 
 
+def value_of(widget: CassWidget, name: str) -> int:
+    """The label value of a class (its stable id, not its row)."""
+    classes = widget.class_table.label_classes()
+    return classes.values[classes.names.index(name)]
+
+
 def run(qtbot, widget: CassWidget) -> None:
     """Press Segment and wait for the worker."""
     click(qtbot, widget.segment_btn)
@@ -39,10 +45,11 @@ def run(qtbot, widget: CassWidget) -> None:
 
 
 def engine_labels(widget: CassWidget, image: np.ndarray, dtype=np.uint8) -> np.ndarray:
-    """What the engine gives for the current table (same segmenter, called directly)."""
+    """What the engine gives for the current table (same segmenter, called directly),
+    as the layer holds it: each class's value is its stable id."""
     classes = widget.class_table.label_classes()
     res = widget.segmenter.segment(image, classes.prompts(), background=classes.background())
-    return res.mask(dtype)
+    return classes.rows_to_values(dtype)[res.mask(np.int64)]
 
 
 def strokes(layer: Labels, label: int, centres) -> None:
@@ -87,7 +94,8 @@ def test_segment_rerun_and_selection(qtbot, plugin: CassWidget, rgb_image: np.nd
     np.testing.assert_array_equal(layer.data, engine_labels(plugin, rgb_image))
     assert list(layer.features["class"]) == ["background", "cat", "dog", "grass"]
     assert isinstance(layer.colormap, DirectLabelColormap)
-    np.testing.assert_allclose(layer.colormap.color_dict[2][:3], np.array([10, 20, 30]) / 255)
+    dog = value_of(plugin, "dog")
+    np.testing.assert_allclose(layer.colormap.color_dict[dog][:3], np.array([10, 20, 30]) / 255)
     assert layer.colormap.color_dict[0][3] == 0
     meta = layer.metadata[META_KEY]
     assert meta["synonyms"][2] == ["puppy"] and meta["image"] == "pic"
@@ -116,14 +124,15 @@ def test_150_strokes_survive_rerun(qtbot, plugin: CassWidget, rgb_image: np.ndar
     rng = np.random.default_rng(7)
     centres = [tuple(int(v) for v in rng.integers((2, 2), (46, 62))) for _ in range(150)]
     first = np.array(layer.data, copy=True)
-    strokes(layer, 3, centres)
+    grass = value_of(plugin, "grass")
+    strokes(layer, grass, centres)
     # napari records (and emits) only pixels a stroke changed: those are the edits
-    painted = footprint(layer.data.shape, centres) & (first != 3)
+    painted = footprint(layer.data.shape, centres) & (first != grass)
     assert painted.sum() > 300
 
     set_classes(qtbot, plugin, "cat, dog, grass, sky")
     run(qtbot, plugin)
-    expected = np.where(painted, 3, engine_labels(plugin, rgb_image))
+    expected = np.where(painted, grass, engine_labels(plugin, rgb_image))
     np.testing.assert_array_equal(layer.data, expected)
     assert toasts == []
     assert not [w for w in recwarn if "Private attribute" in str(w.message)]
@@ -141,29 +150,30 @@ def test_undo_redo_then_rerun(qtbot, plugin: CassWidget, rgb_image: np.ndarray) 
     assert fresh.size, "the new prompts must change some pixels for this test to mean anything"
     kept = [(10, 4), (10, 8), (12, 12)]
     undone = [(int(r), int(c) + 24) for r, c in fresh[:: max(len(fresh) // 3, 1)][:3]]
-    # labels 5 ("tree") and 4 ("sky") are not in the first output: every stroke changes
-    # pixels, so each is one napari undo step
-    strokes(layer, 5, kept)
-    strokes(layer, 4, undone)
+    # "tree" and "sky" are not in the first output: every stroke changes pixels, so
+    # each is one napari undo step
+    tree, sky = value_of(plugin, "tree"), value_of(plugin, "sky")
+    strokes(layer, tree, kept)
+    strokes(layer, sky, undone)
     for _ in undone:
         layer.undo()
     layer.undo()  # the last "kept" stroke ...
     layer.redo()  # ... comes back
-    assert not np.isin(first, [4, 5]).any()
+    assert not np.isin(first, [tree, sky]).any()
     kept_fp = footprint(first.shape, kept)
     undone_fp = footprint(first.shape, undone) & ~kept_fp
 
     run(qtbot, plugin)
     assert (new != first)[undone_fp].any()
-    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, new))
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, tree, new))
 
     # "Undo last run" puts back what the run replaced (the strokes stay)
     click(qtbot, plugin.undo_btn)
-    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, first))
-    # ... and napari's Ctrl+Z of a whole run is noticed on the next run
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, tree, first))
+    # a run is a checkpoint: Ctrl+Z right after it has nothing of the plugin's to undo
     run(qtbot, plugin)
     layer.undo()
-    np.testing.assert_array_equal(layer.data, np.where(kept_fp, 5, first))
+    np.testing.assert_array_equal(layer.data, np.where(kept_fp, tree, new))
     plugin.replace_all_check.setChecked(True)
     run(qtbot, plugin)
     np.testing.assert_array_equal(layer.data, new)
@@ -176,40 +186,47 @@ def test_class_table_edits_remap_labels(qtbot, plugin: CassWidget, rgb_image: np
     set_classes(qtbot, plugin, "cat, dog, grass")
     run(qtbot, plugin)
     layer = _labels(plugin)
-    strokes(layer, 2, [(20, 20), (22, 26)])  # a hand-painted "dog"
-    dog = np.asarray(layer.data) == 2
-    cat = np.asarray(layer.data) == 1
-    grass = np.asarray(layer.data) == 3
+    v_cat, v_dog, v_grass = (value_of(plugin, n) for n in ("cat", "dog", "grass"))
+    strokes(layer, v_dog, [(20, 20), (22, 26)])  # a hand-painted "dog"
+    before = np.array(layer.data, copy=True)
+    dog, cat, grass = before == v_dog, before == v_cat, before == v_grass
     table = plugin.class_table
 
-    table.table.setCurrentCell(2, 1)  # dog up: dog=1, cat=2
+    table.table.setCurrentCell(2, 1)  # dog up: the table order changes, no pixel does
     click(qtbot, table.up_btn)
     assert table.label_classes().names == ["background", "dog", "cat", "grass"]
-    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * cat + 3 * grass)
-    assert list(layer.features["class"]) == ["background", "dog", "cat", "grass"]
+    np.testing.assert_array_equal(layer.data, before)
+    assert layer.features["class"][list(layer.features["index"]).index(v_dog)] == "dog"
 
-    table.table.setCurrentCell(2, 1)  # remove cat: its pixels become unlabelled
+    table.table.setCurrentCell(2, 1)  # remove cat: its pixels (only) become unlabelled
     click(qtbot, table.remove_btn)
-    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * grass)
+    np.testing.assert_array_equal(layer.data, np.where(cat, 0, before))
+    layer.undo()  # a removal is a checkpoint: Ctrl+Z cannot bring a value no class names
+    np.testing.assert_array_equal(layer.data, np.where(cat, 0, before))
     table.table.item(2, 1).setText("lawn")  # rename: values stay, the name follows
-    np.testing.assert_array_equal(layer.data, 1 * dog + 2 * grass)
+    np.testing.assert_array_equal(layer.data, np.where(cat, 0, before))
     assert layer.metadata[META_KEY]["names"] == ["background", "dog", "lawn"]
 
     table.set_color(1, (1, 2, 3))  # colours reach the layer at once
-    np.testing.assert_allclose(layer.colormap.color_dict[1][:3], np.array([1, 2, 3]) / 255)
+    np.testing.assert_allclose(layer.colormap.color_dict[v_dog][:3], np.array([1, 2, 3]) / 255)
     click(qtbot, table.add_btn)  # a new class is visible at once and exportable
-    assert layer.colormap.color_dict[3][3] == 1.0
-    strokes(layer, 3, [(5, 5)])
+    v_new = value_of(plugin, "class 3")
+    assert v_new not in (v_cat, v_dog, v_grass)  # a removed class's value is not reused
+    assert layer.colormap.color_dict[v_new][3] == 1.0
+    strokes(layer, v_new, [(5, 5)])
     paths = plugin.export_dataset(tmp_path)
     from napari_cass.io import read_classes_json, read_label_image
 
-    assert (read_label_image(paths["mask"]) == 3).any()
+    mask = read_label_image(paths["mask"])  # files count rows: row k = label k
+    np.testing.assert_array_equal(mask == 1, np.asarray(layer.data) == v_dog)
+    np.testing.assert_array_equal(mask == 2, np.asarray(layer.data) == v_grass)
+    assert (mask == 3).any()
     assert [c["name"] for c in read_classes_json(paths["classes"])["classes"]] == [
         "background", "dog", "lawn", "class 3"]
 
     # the painted dog stays dog through a re-run
     run(qtbot, plugin)
-    assert (np.asarray(layer.data)[dog] == 1).all()
+    assert (np.asarray(layer.data)[dog] == v_dog).all()
     assert toasts == []
 
 
@@ -220,12 +237,13 @@ def test_set_keeps_ids_of_same_names(qtbot, plugin: CassWidget, rgb_image: np.nd
     layer = _labels(plugin)
     before = np.array(layer.data, copy=True)
     set_classes(qtbot, plugin, "dog, cat, grass")  # swaps cat and dog, adds grass
-    lut = np.array([0, 2, 1], np.uint8)
-    np.testing.assert_array_equal(layer.data, lut[before])
+    np.testing.assert_array_equal(layer.data, before)  # values are ids: nothing moves
+    names = plugin.class_table.label_classes()
+    assert names.name_of(int(before.max())) in ("cat", "dog")
 
 
 def test_undo_last_run_after_a_reorder(qtbot, plugin: CassWidget, rgb_image: np.ndarray) -> None:
-    """The run history is renumbered with the classes: undo gives the old labels, new numbers."""
+    """A reorder touches no pixel, so undoing a run after it gives the old labels exactly."""
     plugin.viewer.add_image(rgb_image, name="pic")
     set_classes(qtbot, plugin, "cat, dog")
     run(qtbot, plugin)
@@ -235,10 +253,9 @@ def test_undo_last_run_after_a_reorder(qtbot, plugin: CassWidget, rgb_image: np.
     run(qtbot, plugin)
     second = np.array(layer.data, copy=True)
     set_classes(qtbot, plugin, "dog, cat, grass")
-    lut = np.array([0, 2, 1, 3], np.uint8)
-    np.testing.assert_array_equal(layer.data, lut[second])
+    np.testing.assert_array_equal(layer.data, second)
     click(qtbot, plugin.undo_btn)
-    np.testing.assert_array_equal(layer.data, lut[first])
+    np.testing.assert_array_equal(layer.data, first)
     assert list(layer.features["class"]) == ["background", "dog", "cat", "grass"]
     click(qtbot, plugin.undo_btn)  # the first run made the layer: nothing more to undo
     assert "Nothing to undo" in plugin.status_label.text()
@@ -431,7 +448,8 @@ def test_stack_slices_and_tiff(qtbot, plugin: CassWidget, tmp_path) -> None:
     viewer.layers.save(str(out), selected=True, plugin="napari-cass")
     import tifffile
 
-    np.testing.assert_array_equal(tifffile.imread(out), layer.data)
+    rows = plugin.class_table.label_classes().to_rows(np.asarray(layer.data))  # files count rows
+    np.testing.assert_array_equal(tifffile.imread(out), rows)
 
 
 def test_export_refusal_speaks_gui(qtbot, plugin: CassWidget, rgb_image: np.ndarray, tmp_path) -> None:
@@ -441,7 +459,8 @@ def test_export_refusal_speaks_gui(qtbot, plugin: CassWidget, rgb_image: np.ndar
     set_classes(qtbot, plugin, "cat, dog")
     run(qtbot, plugin)
     paths = plugin.export_dataset(tmp_path)
-    np.testing.assert_array_equal(read_label_image(paths["mask"]), _labels(plugin).data)
+    rows = plugin.class_table.label_classes().to_rows(np.asarray(_labels(plugin).data))
+    np.testing.assert_array_equal(read_label_image(paths["mask"]), rows)
     stamp = paths["mask"].stat().st_mtime_ns
     assert plugin.export_dataset(tmp_path) is None
     assert "another folder" in plugin.errors.message
@@ -480,14 +499,15 @@ def test_close_and_reopen_dock(qtbot, make_napari_viewer, tiny_factory, rgb_imag
     run(qtbot, w)
     layer = _labels(w)
     first = np.array(layer.data, copy=True)
-    strokes(layer, 3, [(20, 20)])  # a correction made before the dock closes
+    dog = value_of(w, "dog")
+    strokes(layer, dog, [(20, 20)])  # a correction made before the dock closes
     before_close = footprint(first.shape, [(20, 20)])
     viewer.window.remove_dock_widget(dock)  # the dock's close button does this
     bound = {str(k).lower().replace("-", "+") for k in viewer.keymap}
     assert not any(k.lower().replace("-", "+") in bound for k in SHORTCUTS.values())
     assert w.sync.hooked == 0  # no event reaches the closed dock
 
-    strokes(layer, 3, [(40, 50)])  # painted while no dock is open
+    strokes(layer, dog, [(40, 50)])  # painted while no dock is open
     _dock2, w2 = open_plugin(viewer, tiny_factory)
     assert notes["warning"] == [] and toasts == []
     assert w2.sync.hooked == 1  # the new dock listens to the layer it inherits
@@ -495,8 +515,8 @@ def test_close_and_reopen_dock(qtbot, make_napari_viewer, tiny_factory, rgb_imag
     set_classes(qtbot, w2, "cat, dog, grass, sky")
     run(qtbot, w2)
     new = engine_labels(w2, rgb_image)
-    kept = before_close | footprint(first.shape, [(40, 50)])
-    np.testing.assert_array_equal(layer.data, np.where(kept, 3, new))
+    kept = (before_close | footprint(first.shape, [(40, 50)])) & (first != dog)
+    np.testing.assert_array_equal(layer.data, np.where(kept, dog, new))
     assert w.sync.hooked == 0
 
 

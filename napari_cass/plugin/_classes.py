@@ -1,4 +1,9 @@
-"""Class lists as the plugin sees them: label k = row k, label 0 = background.
+"""Class lists as the plugin sees them: row k of the table, label value ``ids[k]``.
+
+A class's label value is its id, stable for the life of a layer: reordering
+rows changes the table order, not pixel values; renaming touches no pixel; a
+removed class's value is never reused by the same table. Files are written
+with compact values (row k = label k): :meth:`LabelClasses.to_rows`.
 
 Qt-free helpers shared by the class table, the widget, the writers and batch mode.
 """
@@ -39,8 +44,9 @@ class LabelClasses:
     user erased or left unlabelled.
 
     ``ids`` give each class an identity that survives reordering and renaming
-    (label 0 has id 0): the plugin remaps label values by id when the class table
-    changes, so a painted "dog" stays "dog". Empty when unknown (a plain layer).
+    (label 0 has id 0), and are the class's label value in a layer (a painted
+    "dog" stays "dog" whatever the table does). Empty when unknown (a plain
+    layer, or a file): values are then the rows.
     """
 
     names: list[str]
@@ -105,8 +111,58 @@ class LabelClasses:
         """The background words for the engine, or None for no background class."""
         return list(self.background_words) or None
 
+    @property
+    def values(self) -> list[int]:
+        """The label value of each row (its id; the row itself when ids are unknown)."""
+        return list(self.ids) if self.ids else list(range(self.n_labels))
+
+    @property
+    def max_value(self) -> int:
+        return max(self.values) if self.names else 0
+
+    def name_of(self, value: int) -> str | None:
+        """The class name of a label value (None: no class has it)."""
+        values = self.values
+        return self.names[values.index(int(value))] if int(value) in values else None
+
+    def rows_to_values(self, dtype: Any = np.uint16) -> np.ndarray:
+        """Lookup table row -> label value (the engine answers in rows)."""
+        return np.asarray(self.values, dtype=dtype)
+
+    def to_rows(self, data: np.ndarray) -> np.ndarray:
+        """``data`` (label values) with compact values: row k of the table = k.
+
+        What files hold (PNG, TIFF, COCO, classes.json all count rows).
+        Raises ``ValueError`` naming a label value no class has.
+        """
+        data = np.asarray(data)
+        values = self.values
+        if values == list(range(self.n_labels)):
+            top = int(data.max()) if data.size else 0
+            if top >= self.n_labels:
+                raise ValueError(
+                    f"The labels hold value {top}, but no class has it (the table has labels "
+                    f"0..{self.n_labels - 1}): add a class for it or erase those pixels."
+                )
+            return data
+        present = np.unique(data) if data.size else np.zeros(0, data.dtype)
+        unknown = [int(v) for v in present if int(v) not in values]
+        if unknown:
+            raise ValueError(
+                f"The labels hold value {unknown[0]}, which no class in the table has: add a "
+                "class for it or erase those pixels."
+            )
+        lut = np.zeros(max(values) + 1, dtype=np.uint8 if self.n_labels <= 256 else np.uint16)
+        lut[np.asarray(values)] = np.arange(self.n_labels)
+        return lut[data]
+
+    def in_row_order(self) -> LabelClasses:
+        """The same classes with ids dropped: what a file written by :meth:`to_rows` holds."""
+        return LabelClasses(list(self.names), self.colors.copy(),
+                            [list(s) for s in self.synonyms], list(self.background_words))
+
     def color_dict(self) -> dict[int | None, np.ndarray]:
-        """Label -> RGBA for napari's DirectLabelColormap.
+        """Label value -> RGBA for napari's DirectLabelColormap.
 
         Label 0 is transparent; a label without a class (painted with a number
         beyond the table) is drawn grey so it is never invisible.
@@ -115,17 +171,14 @@ class LabelClasses:
             None: np.array([0.5, 0.5, 0.5, 1.0], dtype=np.float32),
             0: np.zeros(4, dtype=np.float32),
         }
-        for k in range(1, self.n_labels):
-            out[k] = np.array([*(self.colors[k] / 255.0), 1.0], dtype=np.float32)
+        for k, value in enumerate(self.values):
+            if k:
+                out[value] = np.array([*(self.colors[k] / 255.0), 1.0], dtype=np.float32)
         return out
-
-    def label_of(self, class_id: int) -> int:
-        """The label value of the class with id ``class_id`` (0 when it is gone)."""
-        return self.ids.index(class_id) if class_id in self.ids else 0
 
     def features(self) -> dict[str, Any]:
         """Columns for ``layer.features`` so napari shows the class name on hover."""
-        return {"index": np.arange(self.n_labels), "class": list(self.names)}
+        return {"index": np.asarray(self.values), "class": list(self.names)}
 
     def to_meta(self, **extra: Any) -> dict[str, Any]:
         """JSON-friendly dict stored in ``layer.metadata['napari_cass']``."""

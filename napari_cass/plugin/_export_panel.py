@@ -3,6 +3,10 @@
 Never overwrites: when the folder already holds files of that name, the user is
 told which ones and what to do in the GUI's own terms (another folder, or
 delete them), not the API's ``overwrite=True``.
+
+The image is written as the segmentation saw it: 8-bit through the layer's
+contrast limits (:func:`._layer_inputs.engine_image`), so a float image shown
+with limits (0, 0.01) is exported as displayed, not almost black.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ._classes import META_KEY, LabelClasses
+from ._layer_inputs import engine_image
 
 __all__ = ["ExportPanel", "export_item"]
 
@@ -22,7 +27,9 @@ __all__ = ["ExportPanel", "export_item"]
 def export_item(folder: str | Path, image: Any, labels: Any, fallback: LabelClasses) -> dict[str, Path]:
     """Write ``images/<name>.png``, ``masks/<name>.png`` and ``classes.json`` into ``folder``.
 
-    Raises ``ValueError`` with a GUI-worded message when the item cannot be written.
+    The image goes through :func:`engine_image` (NaN refused, contrast limits applied,
+    uint8), exactly like the engine's input. Raises ``ValueError`` with a GUI-worded
+    message when the item cannot be written.
     """
     from napari_cass.io import export_dataset_item, safe_filename
 
@@ -32,11 +39,13 @@ def export_item(folder: str | Path, image: Any, labels: Any, fallback: LabelClas
             "Dataset export takes 2-D images. Save a stack's labels with File > Save Selected "
             "Layer(s) and a .tif name (one page per slice)."
         )
+    shown = engine_image(data, getattr(image, "contrast_limits", None), image.name, image.rgb)
     meta = labels.metadata.get(META_KEY)
     classes = LabelClasses.from_meta(meta) if meta else fallback
+    rows = classes.to_rows(np.asarray(labels.data))  # class ids -> row k = label k
     try:
         return export_dataset_item(
-            folder, image.name, data, np.asarray(labels.data), classes.names, classes.colors,
+            folder, image.name, shown, rows, classes.names, classes.colors,
             overwrite=False, synonyms=classes.synonyms,
         )
     except FileExistsError:

@@ -1,266 +1,281 @@
-"""What the plugin knows about one Labels layer: engine output, manual edits, run history.
+"""What the plugin knows about one Labels layer: which pixels are the annotator's.
 
 Free of Qt and napari so it is easy to test and reason about. The napari side
-(:mod:`napari_cass.plugin._label_sync`) keeps one :class:`LabelState` per Labels layer,
-keyed by the layer's ``unique_id`` (stable, unlike ``id()`` of the proxy objects
-napari hands a plugin).
+(:mod:`napari_cass.plugin._label_sync`) keeps one :class:`LabelState` per Labels
+layer, keyed by the layer's ``unique_id``.
 
-Which pixels are manual edits? Two sources, combined when a run needs them:
+The undo model, in one place:
 
-* the layer's public ``paint`` event (brush, fill, polygon, eraser, and
-  ``data_setitem``) records the pixels touched and the value painted;
-* a diff of the layer against the last engine output (catches changes no event
-  reported, e.g. ``layer.data[...] = v``).
+* A label value is a class's stable id for the life of the layer (see
+  :mod:`._classes`): reordering or renaming classes never touches a pixel, so
+  napari's own undo history stays valid through them.
+* The plugin writes pixels itself at *checkpoints* only: a run, "Undo last
+  run", and the removal of a class. Each checkpoint resets napari's undo
+  history, so Ctrl+Z and redo step through the brush strokes made since the
+  last checkpoint and can never bring back an older result or a removed class.
+* A pixel is the annotator's (an *edit*) when it was an edit at the last
+  checkpoint (``kept``), or an applied stroke since then holds it (the
+  :class:`~._stroke_log.StrokeLog` mirror of napari's history), or it differs
+  from the checkpoint (a change no event reported, e.g. a script's
+  ``layer.data[...] = v``). A run writes only pixels that are not edits.
 
-A pixel is an edit when it differs from the last engine output, or when it still
-holds the value a stroke painted there. The second rule keeps strokes that
-re-paint the engine's own class, and drops strokes napari's Ctrl+Z undid (undo
-emits no paint event, but the pixel no longer holds the painted value); a redo
-brings the value, and so the edit, back. Nothing depends on napari's private
-undo list or on its length.
-
-"Undo last run" uses this module's own snapshots (:class:`RunSnapshot`): the
-pixels a run wrote and their values before it. Undoing puts those values back
-except where the user painted after the run.
+Runs merge off the GUI thread: :meth:`LabelState.begin_run` hands the worker
+immutable references, :func:`prepare_merge` builds the merged labels there,
+and :meth:`LabelState.finish_run` (GUI thread) patches only the pixels a
+stroke, Ctrl+Z or redo changed during the run.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._classes import LabelClasses
+from ._stroke_log import Stroke, StrokeLog, stroke_from_atoms
 
-__all__ = ["LabelState", "RunSnapshot", "class_lut", "merge_labels", "region_bbox"]
+__all__ = ["LabelState", "MergePlan", "RunSnapshot", "RunStart", "prepare_merge", "region_bbox"]
 
-#: Run snapshots kept per layer for "Undo last run" (each costs ~5 bytes per pixel).
-MAX_RUNS = 3
+#: Runs "Undo last run" can take back, one after the other (each is kept packed:
+#: one bit per pixel plus one value per pixel the run changed).
+MAX_RUNS = 2
+
+_PACKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-cass-undo")
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """A flat view of a C-contiguous array (the layer data napari keeps is)."""
+    return a.reshape(-1)
 
 
 @dataclass
 class RunSnapshot:
-    """Enough to take back one run: where it wrote and what was there before."""
+    """Enough to take one run back: the pixels it changed and their values before."""
 
-    written: np.ndarray  # bool, layer shape
-    before: np.ndarray  # values at ``written`` before the run (1-D)
-    last_output: np.ndarray  # the engine output before the run
-    painted: np.ndarray  # paint bookkeeping before the run
-    painted_value: np.ndarray
+    changed: np.ndarray  # packed bits over the flattened layer
+    before: np.ndarray  # values at the changed pixels, in flat order
+    size: int
+
+    @classmethod
+    def of(cls, before: np.ndarray, after: np.ndarray) -> RunSnapshot:
+        changed = before != after
+        return cls(np.packbits(_flat(changed)), _flat(before)[_flat(changed)].copy(), before.size)
+
+    def mask(self) -> np.ndarray:
+        return np.unpackbits(self.changed, count=self.size).astype(bool)
+
+
+@dataclass
+class RunStart:
+    """What a run's worker may read: references that nobody mutates while it runs."""
+
+    data: np.ndarray  # the layer's array (painting may change it: read once, copy)
+    checkpoint: np.ndarray
+    kept: np.ndarray
+    strokes: np.ndarray  # flat indices held by applied strokes at the start
+    pushed: int  # strokes logged so far
+    applied: tuple[Stroke, ...]
+    undone: tuple[Stroke, ...]
+    replace_all: bool
+
+
+@dataclass
+class MergePlan:
+    """A run's result, merged in the worker against the labels at the run's start."""
+
+    merged: np.ndarray  # goes into the layer
+    checkpoint: np.ndarray  # a private copy of ``merged``
+    before: np.ndarray  # the labels the worker merged against
+    raw: np.ndarray  # the engine's values (valid where ``where``)
+    where: np.ndarray  # pixels the run covers (region, slices)
+    edited: np.ndarray  # edits at the start (kept where ``where``)
+
+
+def prepare_merge(start: RunStart, raw: np.ndarray, where: np.ndarray) -> MergePlan:
+    """Merge a run into the labels of ``start`` (worker thread; no GUI access).
+
+    ``raw`` holds the engine's class values where ``where`` is True. Edits
+    keep their values unless the run replaces everything.
+    """
+    before = np.array(start.data, copy=True)
+    if before.dtype != raw.dtype:
+        before = before.astype(raw.dtype)
+    if start.replace_all:
+        edited = np.zeros(before.shape, dtype=bool)
+    else:
+        edited = start.kept | (before != start.checkpoint)
+        _flat(edited)[start.strokes] = True
+    merged = before.copy()
+    write = where & ~edited
+    merged[write] = raw[write]
+    return MergePlan(merged, merged.copy(), before, raw, where, edited)
 
 
 class LabelState:
-    """Engine output, manual edits and run history of one Labels layer.
+    """Checkpoint, carried edits, stroke log and run history of one Labels layer.
 
     Parameters
     ----------
     data : numpy.ndarray
-        The layer's labels when the state starts (treated as engine output).
+        The layer's labels when the state starts (the first checkpoint).
     classes : LabelClasses, optional
-        What the label values mean (with class ids, for remapping).
+        What the label values mean.
+    all_edits : bool
+        Every labelled pixel is the annotator's (a Labels layer someone drew):
+        runs then only fill label 0.
     """
 
-    def __init__(self, data: np.ndarray, classes: LabelClasses | None = None) -> None:
+    def __init__(self, data: np.ndarray, classes: LabelClasses | None = None,
+                 all_edits: bool = False) -> None:
         data = np.asarray(data)
-        self.last_output = np.array(data, copy=True)
-        self.painted = np.zeros(data.shape, dtype=bool)
-        self.painted_value = np.zeros(data.shape, dtype=data.dtype)
-        self.painted_since_run = np.zeros(data.shape, dtype=bool)
-        self.runs: deque[RunSnapshot] = deque(maxlen=MAX_RUNS)
+        self.checkpoint = np.array(data, copy=True)
+        self.kept = (data != 0) if all_edits else np.zeros(data.shape, dtype=bool)
+        self.log = StrokeLog()
+        self.runs: deque[Future[RunSnapshot] | RunSnapshot] = deque(maxlen=MAX_RUNS)
         self.classes = classes
 
-    # ------------------------------------------------------------ edits
-    def record_paint(self, atoms: Iterable[Any]) -> int:
-        """Record the pixels of a napari ``paint`` event; returns how many were touched.
-
-        napari 0.9 emits two kinds of atoms: a masked atom (``slice_key``,
-        ``mask`` or None for the whole box, ``old_values``, ``new_value``) from
-        brush / fill / polygon, and a 3-tuple ``(indices, old, new)`` from
-        ``data_setitem``.
-        """
-        touched = 0
-        for atom in atoms:
-            key = getattr(atom, "slice_key", None)
-            if key is not None:
-                key = tuple(key)
-                mask = getattr(atom, "mask", None)
-                box = self.painted[key]
-                sel = np.ones(box.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
-                self.painted[key][sel] = True
-                self.painted_since_run[key][sel] = True
-                self.painted_value[key][sel] = atom.new_value
-                touched += int(sel.sum())
-            else:
-                indices, _old, new = atom
-                indices = tuple(np.asarray(i) for i in indices)
-                self.painted[indices] = True
-                self.painted_since_run[indices] = True
-                self.painted_value[indices] = new
-                touched += int(indices[0].size) if indices else 0
-        return touched
-
-    def edited(self, data: np.ndarray) -> np.ndarray:
-        """Boolean mask of the manual edits in ``data`` (the layer's current labels)."""
-        data = np.asarray(data)
-        self._check_shape(data)
-        return (data != self.last_output) | (self.painted & (self.painted_value == data))
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.checkpoint.shape)
 
     def _check_shape(self, data: np.ndarray) -> None:
-        if data.shape != self.last_output.shape:
+        if tuple(data.shape) != self.shape:
             raise ValueError(
-                f"The labels layer changed shape ({self.last_output.shape} -> {data.shape}); "
+                f"The labels layer changed shape ({self.shape} -> {tuple(data.shape)}); "
                 "delete it (or rename it) and segment again to start afresh."
             )
 
-    # ------------------------------------------------------------- runs
-    def plan_run(
-        self, data: np.ndarray, new: np.ndarray, region: np.ndarray | None, replace_all: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(merged, written)`` for a run: new output inside ``region``, edits kept."""
-        self.forget_undone_run(data)
-        edited = None if replace_all else self.edited(data)
-        return merge_labels(data, new, edited, region)
-
-    def commit_run(
-        self, before: np.ndarray, new: np.ndarray, written: np.ndarray, replace_all: bool,
-        classes: LabelClasses | None = None,
-    ) -> None:
-        """Book a run that wrote ``new`` where ``written`` over the labels ``before``."""
-        before = np.asarray(before)
-        self.runs.append(RunSnapshot(
-            written=written.copy(), before=before[written].copy(),
-            last_output=self.last_output.copy(), painted=self.painted.copy(),
-            painted_value=self.painted_value.copy(),
-        ))
-        if new.dtype != self.last_output.dtype:
-            self.retype(new.dtype)
-        self.last_output[written] = new[written]
-        if replace_all:
-            self.painted[written] = False
-        self.painted_since_run[...] = False
-        if classes is not None:
-            self.classes = classes
-
-    def forget_undone_run(self, data: np.ndarray) -> bool:
-        """If napari's Ctrl+Z took the last run back, take it back here too.
-
-        The run counts as undone when every pixel it changed holds its value from
-        before the run again (or was painted since). True if it was forgotten.
-        """
-        if not self.runs:
-            return False
-        snap = self.runs[-1]
+    # ------------------------------------------------------------ strokes
+    def record_paint(self, atoms: Iterable[Any], data: np.ndarray) -> int:
+        """Log one napari history step (a ``paint`` event); returns the pixels it changed."""
         data = np.asarray(data)
-        after = self.last_output[snap.written]
-        changed = snap.before != after
-        if not changed.any():
-            return False
-        now = data[snap.written][changed]
-        back = now == snap.before[changed]
-        if not back.any() or not (back | self.painted_since_run[snap.written][changed]).all():
-            return False
-        self._restore(snap)
-        return True
+        stroke = stroke_from_atoms(atoms, self.shape)
+        if stroke is None:
+            return 0
+        self.log.push(stroke, lambda idx: _flat(data)[idx])
+        return stroke.size
 
-    def undo_run(self, data: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
-        """Take back the last run: ``(indices, values)`` to write, or None if there is none.
-
-        Pixels painted (or otherwise changed) after the run keep the user's value.
-        """
-        if not self.runs:
-            return None
+    def sync(self, data: np.ndarray) -> None:
+        """Follow napari's Ctrl+Z / redo since the last look (read from the data)."""
         data = np.asarray(data)
-        snap = self.runs[-1]
-        keep_user = self.painted_since_run | (data != self.last_output)
-        values = np.zeros(data.shape, dtype=data.dtype)
-        values[snap.written] = snap.before
-        restore = snap.written & ~keep_user & (values != data)  # only pixels that change back
-        indices = np.nonzero(restore)
-        self._restore(snap)
-        return indices, values[indices]
+        self.log.sync(lambda idx: _flat(data)[idx])
 
-    def _restore(self, snap: RunSnapshot) -> None:
-        since = self.painted_since_run
-        painted_value = snap.painted_value.astype(self.painted_value.dtype, copy=True)
-        painted_value[since] = self.painted_value[since]
-        self.painted = snap.painted | since
-        self.painted_value = painted_value
-        self.last_output = snap.last_output.astype(self.last_output.dtype, copy=True)
-        self.runs.pop()  # the class list stays: it may have been edited since (remapped)
+    def edited(self, data: np.ndarray) -> np.ndarray:
+        """Boolean mask of the annotator's pixels in ``data`` (the layer's labels now)."""
+        data = np.asarray(data)
+        self._check_shape(data)
+        self.sync(data)
+        edited = self.kept | (data != self.checkpoint)
+        _flat(edited)[self.log.union()] = True
+        return edited
 
+    def _edited_at(self, data: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """:meth:`edited` at flat indices only (cheap for a few strokes)."""
+        flat = _flat(np.asarray(data))
+        out = _flat(self.kept)[idx] | (flat[idx] != _flat(self.checkpoint)[idx])
+        held = self.log.union()
+        if held.size:
+            out |= np.isin(idx, held, assume_unique=False)
+        return out
+
+    # --------------------------------------------------------- checkpoints
+    def checkpoint_at(self, data: np.ndarray, kept: np.ndarray, copy: bool = True) -> None:
+        """The plugin wrote ``data`` (napari's history was reset): start a new segment."""
+        self.checkpoint = np.array(data, copy=True) if copy else data
+        self.kept = kept
+        self.log.clear()
+
+    # --------------------------------------------------------------- runs
+    def begin_run(self, data: np.ndarray, replace_all: bool) -> RunStart:
+        """References for the worker (GUI thread; cheap: no full-array work)."""
+        data = np.asarray(data)
+        self._check_shape(data)
+        self.sync(data)
+        return RunStart(
+            data=data, checkpoint=self.checkpoint, kept=self.kept, strokes=self.log.union(),
+            pushed=self.log.pushed, applied=tuple(self.log.applied), undone=tuple(self.log.undone),
+            replace_all=replace_all,
+        )
+
+    def finish_run(self, data: np.ndarray, start: RunStart, plan: MergePlan) -> np.ndarray:
+        """Patch what changed during the run, book it, and return the array for the layer.
+
+        Only pixels a stroke, Ctrl+Z or redo touched while the worker ran are
+        looked at again (no full-image pass on the GUI thread).
+        """
+        data = np.asarray(data)
+        self._check_shape(data)
+        self.sync(data)
+        touched = self._touched_since(start)
+        if touched.size:
+            flat_data = _flat(data)
+            now = flat_data[touched]
+            edited = self._edited_at(data, touched) & (not start.replace_all)
+            take = _flat(plan.where)[touched] & ~edited
+            value = np.where(take, _flat(plan.raw)[touched], now).astype(plan.merged.dtype)
+            _flat(plan.merged)[touched] = value
+            _flat(plan.checkpoint)[touched] = value
+            _flat(plan.before)[touched] = now
+            _flat(plan.edited)[touched] = edited
+        before, after = plan.before, plan.checkpoint
+        self.runs.append(_PACKER.submit(RunSnapshot.of, before, after))
+        self.checkpoint_at(plan.checkpoint, plan.edited, copy=False)
+        return plan.merged
+
+    def _touched_since(self, start: RunStart) -> np.ndarray:
+        """Flat pixels whose stroke state changed since ``start`` (new, undone or redone)."""
+        was_applied = {id(s) for s in start.applied}
+        changed: list[Stroke] = [s for s in self.log.applied if id(s) not in was_applied]
+        now_applied = {id(s) for s in self.log.applied} | {id(s) for s in self.log.frozen}
+        changed += [s for s in start.applied if id(s) not in now_applied]
+        changed += [s for s in self.log.undone if id(s) not in {id(u) for u in start.undone}]
+        return self.log.union(changed)
+
+    # --------------------------------------------------- Undo last run
     @property
     def can_undo(self) -> bool:
         return bool(self.runs)
 
-    # ---------------------------------------------------------- classes
-    def retype(self, dtype: np.dtype) -> None:
-        """Widen the stored label arrays (e.g. uint8 -> uint16 for >255 classes)."""
-        self.last_output = self.last_output.astype(dtype)
-        self.painted_value = self.painted_value.astype(dtype)
+    def plan_undo(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Take the last run back: ``(flat indices, values, edits)``, or None if there is none.
 
-    def remap(self, lut: np.ndarray, classes: LabelClasses | None = None) -> None:
-        """Apply a label lookup table (old value -> new value) to every stored array.
-
-        A pixel whose class was removed (non-zero -> 0) is no longer an edit: it
-        is unlabelled, and the next run labels it afresh.
+        Pixels painted after the run keep the annotator's value. The caller
+        writes ``values`` at the indices, resets napari's history and calls
+        :meth:`checkpoint_at` with the returned edits (restored pixels are none).
         """
-        removed = (lut == 0) & (np.arange(lut.size) != 0)
-        gone = self.painted & removed[self.painted_value]
-        self.painted &= ~gone
-        self.last_output = lut[self.last_output]
-        self.painted_value = lut[self.painted_value]
-        for snap in self.runs:
-            snap.before = lut[snap.before]
-            snap.last_output = lut[snap.last_output]
-            snap.painted_value = lut[snap.painted_value]
-        if classes is not None:
-            self.classes = classes
+        if not self.runs:
+            return None
+        data = np.asarray(data)
+        edited = self.edited(data)
+        item = self.runs.pop()
+        snap = item.result() if isinstance(item, Future) else item
+        changed = snap.mask()
+        values = np.zeros(changed.shape, dtype=snap.before.dtype)
+        values[changed] = snap.before
+        restore = changed & ~_flat(edited) & (values != _flat(data))
+        idx = np.flatnonzero(restore)
+        return idx, values[idx], edited
 
+    # ----------------------------------------------------------- classes
+    def forget_values(self, values: Sequence[int]) -> None:
+        """Classes with these values were removed: no run snapshot may bring them back."""
+        values = np.asarray(list(values))
+        for i, item in enumerate(list(self.runs)):
+            snap = item.result() if isinstance(item, Future) else item
+            snap.before[np.isin(snap.before, values)] = 0
+            self.runs[i] = snap
 
-def class_lut(old: LabelClasses, new: LabelClasses, n_values: int, dtype: Any) -> np.ndarray | None:
-    """Lookup table old label -> new label, matching classes by id (None: nothing moves).
-
-    Values beyond the old class list (labels painted by number) are kept.
-    """
-    if not old.ids or not new.ids:
-        return None
-    dtype = np.dtype(dtype)
-    # uint8 / uint16 layers: a table over every possible value, so no stored value falls off it
-    full = np.iinfo(dtype).max + 1 if dtype.kind == "u" and dtype.itemsize <= 2 else 0
-    size = max(int(n_values), old.n_labels, full, 1)
-    lut = np.arange(size, dtype=np.int64)
-    for label, cid in enumerate(old.ids):
-        lut[label] = new.label_of(cid) if label else 0
-    if np.array_equal(lut, np.arange(size)):
-        return None
-    if lut.max() > np.iinfo(dtype).max:
-        dtype = np.uint16
-    return lut.astype(dtype)
-
-
-def merge_labels(
-    current: np.ndarray,
-    new: np.ndarray,
-    edited: np.ndarray | None,
-    region: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Combine a new engine output with the current labels.
-
-    Returns ``(merged, written)``: ``written`` marks the pixels taken from
-    ``new``, inside ``region`` (everywhere if None) and outside ``edited`` (no
-    edit is kept if None, i.e. "replace all").
-    """
-    if current.shape != new.shape:
-        raise ValueError(f"Shape mismatch: labels {current.shape} vs new result {new.shape}.")
-    written = np.ones(new.shape, dtype=bool) if region is None else np.asarray(region, bool).copy()
-    if edited is not None:
-        written &= ~edited
-    merged = np.array(current, dtype=new.dtype, copy=True)
-    merged[written] = new[written]
-    return merged, written
+    def retype(self, dtype: np.dtype) -> None:
+        """Widen the stored arrays (e.g. uint8 -> uint16 once a class value passes 255)."""
+        self.checkpoint = self.checkpoint.astype(dtype)
+        for i, item in enumerate(list(self.runs)):
+            snap = item.result() if isinstance(item, Future) else item
+            snap.before = snap.before.astype(dtype)
+            self.runs[i] = snap
 
 
 def region_bbox(mask: np.ndarray, margin: int = 16) -> tuple[slice, slice]:

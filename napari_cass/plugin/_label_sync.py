@@ -1,10 +1,16 @@
 """Keep napari Labels layers and the plugin's :class:`LabelState` in step.
 
-One state per Labels layer, keyed by the layer's ``unique_id``; napari's proxy
+One state per Labels layer, keyed by the layer's ``unique_id`` (napari's proxy
 hands out a new wrapper object on every ``viewer.layers[...]``, so ``id()``
-would lose the state between runs. Paint events feed the state; runs are
-merged through it and written with ``data_setitem`` (one Ctrl+Z step); class
-table edits remap label values by class id.
+would lose it). A layer's paint events feed its state for as long as the
+layer lives, dock open or not. A run is merged off the GUI thread
+(:meth:`LabelSync.begin_run` -> :func:`build_result` in the worker ->
+:meth:`LabelSync.apply`); the GUI thread swaps the merged array in and resets
+napari's undo history (a checkpoint, see :mod:`._label_state`).
+
+An image and its labels are linked by identity: the labels layer records the
+image layer's ``unique_id`` in its metadata, so renaming either keeps them
+together.
 """
 
 from __future__ import annotations
@@ -16,14 +22,22 @@ from typing import Any
 import numpy as np
 
 from ._classes import META_KEY, LabelClasses, classes_from_layer_meta
-from ._label_state import LabelState, class_lut
+from ._label_state import LabelState, MergePlan, RunStart, prepare_merge
 
-__all__ = ["LabelSync", "RunContext", "labels_name"]
+__all__ = ["LabelSync", "RunContext", "build_result", "labels_name", "reset_history"]
 
 #: Label states of this process, by layer ``unique_id``. Module-level on purpose: a
 #: dock closed and opened again finds the edits it must keep (napari makes a new
 #: widget each time); a state goes when its layer is removed.
 _STATES: dict[Hashable, LabelState] = {}
+#: The paint-event recorders, one per layer, alive as long as the layer.
+_HOOKS: dict[Hashable, tuple[Any, Callable[[Any], None]]] = {}
+#: Called with the layer after each recorded stroke (a dock's batch auto-save).
+_LISTENERS: list[Callable[[Any], None]] = []
+#: Layers the plugin is writing right now (their paint events are its own).
+_WRITING: set[Hashable] = set()
+
+LINK_KEY = "image_uid"
 
 
 def labels_name(image_name: str) -> str:
@@ -31,10 +45,54 @@ def labels_name(image_name: str) -> str:
     return f"{image_name} labels"
 
 
+def reset_history(layer: Any) -> None:
+    """Start a new Ctrl+Z history on ``layer`` (public API only).
+
+    napari clears a Labels layer's undo and redo history when it stops being
+    editable; the mode it was in is put back.
+    """
+    mode = layer.mode
+    layer.editable = False
+    layer.editable = True
+    try:
+        layer.mode = mode
+    except (ValueError, KeyError):  # pragma: no cover - a mode the layer no longer offers
+        pass
+
+
+def _record(layer: Any) -> None:
+    uid = layer.unique_id
+    if uid in _HOOKS:
+        return
+
+    def on_paint(event: Any) -> None:
+        if uid in _WRITING:
+            return
+        state = _STATES.get(uid)
+        if state is None:
+            return
+        if state.record_paint(event.value, layer.data):
+            for listener in list(_LISTENERS):
+                listener(layer)
+
+    layer.events.paint.connect(on_paint)
+    _HOOKS[uid] = (layer, on_paint)
+
+
+def _unrecord(uid: Hashable) -> None:
+    hook = _HOOKS.pop(uid, None)
+    if hook is not None:
+        try:
+            hook[0].events.paint.disconnect(hook[1])
+        except (TypeError, ValueError, RuntimeError):
+            pass
+
+
 @dataclass
 class RunContext:
-    """What the GUI thread must remember while the worker runs."""
+    """What a run needs, taken on the GUI thread when it starts."""
 
+    image_uid: Hashable
     image_name: str
     leading: list[tuple[int, ...]]
     region: np.ndarray | None  # (H, W) bool, or None for the whole image
@@ -43,6 +101,70 @@ class RunContext:
     replace_all: bool
     confidence: bool
     settings: dict[str, str] = field(default_factory=dict)
+    shape: tuple[int, ...] = ()
+    dtype: Any = np.uint8
+    target_uid: Hashable | None = None  # the labels layer merged into (None: a new one)
+    start: RunStart | None = None
+    confidence_base: np.ndarray | None = None
+
+
+@dataclass
+class RunOutput:
+    """What the worker hands the GUI thread: merged labels (and confidence)."""
+
+    plan: MergePlan | None  # None: a new labels layer gets ``labels``
+    labels: np.ndarray
+    confidence: np.ndarray | None
+    has_background: bool
+
+
+def build_result(ctx: RunContext, results: list[Any], check: Callable[[], None] | None = None) -> RunOutput:
+    """Assemble the engine's results into full-size labels and merge them (worker thread).
+
+    The engine answers in table rows; the layer holds class values
+    (:meth:`LabelClasses.rows_to_values`). ``check`` is called between slices
+    (it raises to cancel).
+    """
+    classes = ctx.classes
+    dtype = np.dtype(ctx.dtype)
+    raw = np.zeros(ctx.shape, dtype=dtype)
+    where = np.zeros(ctx.shape, dtype=bool)
+    conf = None
+    if ctx.confidence:
+        base = ctx.confidence_base
+        conf = np.array(base, dtype=np.float32, copy=True) if base is not None else np.zeros(ctx.shape, np.float32)
+    lut = classes.rows_to_values(dtype)
+    has_background = False
+    for lead, res in zip(ctx.leading, results):
+        if check is not None:
+            check()
+        has_background = bool(res.has_background)
+        if len(res.mask_classes) != classes.n_labels:
+            raise ValueError(
+                f"The engine returned {len(res.mask_classes)} labels for a table of "
+                f"{classes.n_labels}; please report this."
+            )
+        values = lut[int(res.label_offset):][res.labels]
+        _paste(raw[lead], where[lead], values, ctx)
+        if conf is not None:
+            _paste(conf[lead], None, np.asarray(res.confidence, np.float32), ctx)
+    if check is not None:
+        check()
+    if ctx.start is None:
+        return RunOutput(None, raw, conf, has_background)
+    return RunOutput(prepare_merge(ctx.start, raw, where), raw, conf, has_background)
+
+
+def _paste(dst: np.ndarray, where: np.ndarray | None, src: np.ndarray, ctx: RunContext) -> None:
+    if ctx.bbox is None:
+        dst[...] = src
+        if where is not None:
+            where[...] = True
+        return
+    mask = ctx.region[ctx.bbox]
+    dst[ctx.bbox][mask] = src[mask]
+    if where is not None:
+        where[ctx.bbox] |= mask
 
 
 class LabelSync:
@@ -51,13 +173,18 @@ class LabelSync:
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
         self.states = _STATES
-        self._hooks: dict[Hashable, tuple[Any, Callable[[Any], None]]] = {}
-        self._writing = False
+        self._listener: Callable[[Any], None] | None = None
         #: Called with the layer after each recorded paint event (batch auto-save).
         self.on_paint: Callable[[Any], None] | None = None
-        for layer in viewer.layers:  # layers a closed dock knew: listen again
-            if layer.unique_id in self.states:
-                self._hook(layer)
+
+    def _notify(self, layer: Any) -> None:
+        if self.on_paint is not None:
+            self.on_paint(layer)
+
+    def listen(self) -> None:
+        if self._listener is None:
+            self._listener = self._notify
+            _LISTENERS.append(self._listener)
 
     # ------------------------------------------------------------ lookup
     def layer(self, name: str, kind: type) -> Any:
@@ -67,90 +194,109 @@ class LabelSync:
                 return layer
         return None
 
-    def labels_layer_for(self, image_name: str) -> Any:
-        from napari.layers import Labels
+    def layer_by_uid(self, uid: Hashable, kind: type) -> Any:
+        for layer in self.viewer.layers:
+            if layer.unique_id == uid and isinstance(layer, kind):
+                return layer
+        return None
 
-        return self.layer(labels_name(image_name), Labels)
+    def labels_layer_for(self, image: Any) -> Any:
+        """The labels layer linked to ``image`` (a layer, or an image layer's name)."""
+        from napari.layers import Image, Labels
+
+        if isinstance(image, str):
+            image = self.layer(image, Image)
+            if image is None:
+                return None
+        uid = image.unique_id
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and (layer.metadata.get(META_KEY) or {}).get(LINK_KEY) == uid:
+                return layer
+        layer = self.layer(labels_name(image.name), Labels)
+        if layer is not None and (layer.metadata.get(META_KEY) or {}).get(LINK_KEY) in (None, uid):
+            return layer
+        return None
+
+    def link(self, labels: Any, image: Any) -> None:
+        meta = dict(labels.metadata.get(META_KEY, {}) or {})
+        meta[LINK_KEY] = image.unique_id
+        labels.metadata[META_KEY] = meta
 
     def state_for(self, layer: Any) -> LabelState:
         """The layer's state, started on first use.
 
         A layer the plugin made (its class list in the metadata) starts with its
-        data as engine output; any other Labels layer was drawn by someone, so
-        every labelled pixel counts as an edit and a run only fills label 0.
+        data as the last checkpoint; any other Labels layer was drawn by someone,
+        so every labelled pixel counts as an edit and a run only fills label 0.
         """
         uid = layer.unique_id
         state = self.states.get(uid)
         if state is None:
             data = np.asarray(layer.data)
-            classes = None
-            if META_KEY in layer.metadata:
-                classes = LabelClasses.from_meta(layer.metadata[META_KEY])
-                state = LabelState(data, classes)
+            if META_KEY in layer.metadata and "names" in layer.metadata[META_KEY]:
+                state = LabelState(data, LabelClasses.from_meta(layer.metadata[META_KEY]))
             else:
-                state = LabelState(np.zeros_like(data))
+                state = LabelState(data, all_edits=True)
             self.states[uid] = state
-        self._hook(layer)  # a state from a closed dock: listen again
+        _record(layer)
         return state
 
     def reset(self, layer: Any, classes: LabelClasses | None) -> LabelState:
         """Start afresh (the layer's data was replaced, e.g. the next batch image)."""
         self.states[layer.unique_id] = LabelState(np.asarray(layer.data), classes)
-        self._hook(layer)
+        reset_history(layer)
+        _record(layer)
         return self.states[layer.unique_id]
-
-    def _hook(self, layer: Any) -> None:
-        uid = layer.unique_id
-        if uid in self._hooks:
-            return
-
-        def on_paint(event: Any) -> None:
-            if self._writing:
-                return
-            state = self.states.get(uid)
-            if state is not None and state.record_paint(event.value) and self.on_paint:
-                self.on_paint(layer)
-
-        layer.events.paint.connect(on_paint)
-        self._hooks[uid] = (layer, on_paint)
 
     def forget(self, layer: Any) -> None:
         """Drop a removed layer's state and its event hook."""
-        uid = layer.unique_id
-        self.states.pop(uid, None)
-        hook = self._hooks.pop(uid, None)
-        if hook is not None:
-            try:
-                hook[0].events.paint.disconnect(hook[1])
-            except (TypeError, ValueError, RuntimeError):
-                pass
+        self.states.pop(layer.unique_id, None)
+        _unrecord(layer.unique_id)
 
     @property
     def hooked(self) -> int:
-        """How many layers' paint events this dock listens to."""
-        return len(self._hooks)
+        """1 while this dock is told of strokes (batch auto-save), 0 once it closed."""
+        return int(self._listener is not None and self._listener in _LISTENERS)
 
     def disconnect_all(self) -> None:
-        """Stop listening (the dock closes); the states stay for the next dock."""
-        for uid in list(self._hooks):
-            layer, cb = self._hooks.pop(uid)
-            try:
-                layer.events.paint.disconnect(cb)
-            except (TypeError, ValueError, RuntimeError):
-                pass
+        """The dock closes: stop calling it (strokes are still recorded for the next dock)."""
+        if self._listener is not None and self._listener in _LISTENERS:
+            _LISTENERS.remove(self._listener)
+        self._listener = None
+        self.on_paint = None
 
     # ------------------------------------------------------------- write
     def write(self, layer: Any, merged: np.ndarray) -> int:
-        """Write the changed pixels through napari's undo-able API; returns how many."""
-        changed = np.nonzero(np.asarray(layer.data) != merged)
-        if changed[0].size == 0:
-            return 0
-        self._writing = True
+        """Replace the layer's labels by ``merged`` as a checkpoint; returns pixels changed."""
+        data = np.asarray(layer.data)
+        state = self.state_for(layer)
+        changed = int(np.count_nonzero(data != merged))
+        edited = state.edited(data) & (data == merged)
+        self._swap(layer, merged)
+        state.checkpoint_at(merged, edited)
+        return changed
+
+    def _swap(self, layer: Any, data: np.ndarray) -> None:
+        uid = layer.unique_id
+        _WRITING.add(uid)
         try:
-            layer.data_setitem(changed, merged[changed])
+            layer.data = data
+            reset_history(layer)
         finally:
-            self._writing = False
-        return int(changed[0].size)
+            _WRITING.discard(uid)
+
+    def _write_flat(self, layer: Any, idx: np.ndarray, values: np.ndarray) -> None:
+        """Write values at flat indices in place (no history), then redraw."""
+        uid = layer.unique_id
+        _WRITING.add(uid)
+        try:
+            data = layer.data
+            if idx.size:
+                data.reshape(-1)[idx] = values
+            reset_history(layer)
+            layer.refresh()
+        finally:
+            _WRITING.discard(uid)
 
     @staticmethod
     def decorate(layer: Any, classes: LabelClasses, meta: dict[str, Any] | None = None) -> None:
@@ -168,80 +314,71 @@ class LabelSync:
         return classes_from_layer_meta(layer.metadata, layer.features, None)
 
     # -------------------------------------------------------------- runs
-    def apply(self, ctx: RunContext, results: list[Any]) -> Any:
-        """Merge a run's results into the image's labels layer (created if missing)."""
-        from napari.layers import Image
-
-        image = self.layer(ctx.image_name, Image)
-        if image is None:
-            raise ValueError(f"The image layer {ctx.image_name!r} was removed during the run.")
-        classes = ctx.classes
+    def begin_run(self, ctx: RunContext, image: Any) -> RunContext:
+        """Fill in the target layer and the worker's references (GUI thread, no full pass)."""
         data = image.data[0] if image.multiscale else image.data
         shape = tuple(data.shape[: data.ndim - (1 if image.rgb else 0)])
-        target = self.labels_layer_for(image.name)
+        ctx.shape = shape
+        target = self.labels_layer_for(image)
         if target is not None and tuple(target.data.shape) != shape:
             raise ValueError(
                 f"The layer {target.name!r} has shape {target.data.shape}, not the image's "
                 f"{shape}: rename or delete it, then segment again."
             )
-        dtype = np.dtype(np.uint8 if classes.n_labels <= 256 else np.uint16)
-        if target is not None and np.iinfo(target.data.dtype).max >= classes.n_labels - 1:
+        top = ctx.classes.max_value
+        dtype = np.dtype(np.uint8 if top <= 255 else np.uint16)
+        if target is not None:
+            if np.iinfo(target.data.dtype).max < top:  # a class value past the layer's dtype
+                self._swap(target, np.asarray(target.data).astype(dtype))
+                self.state_for(target).retype(dtype)
             dtype = np.dtype(target.data.dtype)
-        current = np.asarray(target.data) if target is not None else np.zeros(shape, dtype)
-        new = np.array(current, dtype=dtype, copy=True)
-        where = np.zeros(shape, dtype=bool)
-        conf = self._confidence_base(image, shape) if ctx.confidence else None
-        has_background = False
-        for lead, res in zip(ctx.leading, results):
-            has_background = bool(res.has_background)
-            if len(res.mask_classes) != classes.n_labels:
-                raise ValueError(
-                    f"The engine returned {len(res.mask_classes)} labels for a table of "
-                    f"{classes.n_labels}; please report this."
+            ctx.target_uid = target.unique_id
+            ctx.start = self.state_for(target).begin_run(np.asarray(target.data), ctx.replace_all)
+        ctx.dtype = dtype
+        if ctx.confidence:
+            from napari.layers import Image
+
+            conf = self.layer(f"{image.name} confidence", Image)
+            if conf is not None and tuple(conf.data.shape) == shape:
+                ctx.confidence_base = np.asarray(conf.data)
+        return ctx
+
+    def apply(self, ctx: RunContext, out: RunOutput) -> Any:
+        """Put a run's merged labels into the image's labels layer (GUI thread).
+
+        Raises ``ValueError`` when the image layer went away during the run
+        (nothing is written then).
+        """
+        from napari.layers import Image, Labels
+
+        image = self.layer_by_uid(ctx.image_uid, Image)
+        if image is None:
+            raise ValueError(f"The image layer {ctx.image_name!r} was removed during the run: "
+                             "its result was dropped.")
+        classes = ctx.classes
+        meta = classes.to_meta(image=image.name, has_background=out.has_background, **ctx.settings)
+        meta[LINK_KEY] = image.unique_id
+        target = self.layer_by_uid(ctx.target_uid, Labels) if ctx.target_uid is not None else None
+        if target is None or out.plan is None or ctx.start is None:
+            labels = out.labels if out.plan is None else out.plan.merged
+            if target is None:
+                target = self.viewer.add_labels(
+                    labels, name=labels_name(image.name), scale=image.scale,
+                    translate=image.translate, opacity=0.6, metadata={META_KEY: dict(meta)},
                 )
-            self._paste(new[lead], where[lead], res.mask(dtype), ctx)
-            if conf is not None:
-                self._paste(conf[lead], None, np.asarray(res.confidence, np.float32), ctx)
-        meta = classes.to_meta(image=image.name, has_background=has_background, **ctx.settings)
-        if target is None:
-            target = self.viewer.add_labels(
-                new, name=labels_name(image.name), scale=image.scale,
-                translate=image.translate, opacity=0.6,
-            )
-            self.reset(target, classes)
+                self.reset(target, classes)
+            else:  # pragma: no cover - a target appeared during the run: merge as a new state
+                self.write(target, labels)
         else:
-            if target.data.dtype != dtype:  # more classes than the old dtype holds
-                target.data = np.asarray(target.data).astype(dtype)
             state = self.state_for(target)
-            before = np.array(target.data, copy=True)
-            merged, written = state.plan_run(before, new, where, ctx.replace_all)
-            self.write(target, merged)
-            state.commit_run(before, new, written, ctx.replace_all, classes)
+            merged = state.finish_run(np.asarray(target.data), ctx.start, out.plan)
+            self._swap(target, merged)
+            state.classes = classes
         self.decorate(target, classes, meta)
-        if conf is not None:
-            self._show_confidence(image, conf)
+        if out.confidence is not None:
+            self._show_confidence(image, out.confidence)
         self.viewer.layers.selection.active = target  # the next brush stroke goes here
         return target
-
-    @staticmethod
-    def _paste(dst: np.ndarray, where: np.ndarray | None, src: np.ndarray, ctx: RunContext) -> None:
-        if ctx.bbox is None:
-            dst[...] = src
-            if where is not None:
-                where[...] = True
-            return
-        mask = ctx.region[ctx.bbox]
-        dst[ctx.bbox][mask] = src[mask]
-        if where is not None:
-            where[ctx.bbox] |= mask
-
-    def _confidence_base(self, image: Any, shape: tuple[int, ...]) -> np.ndarray:
-        from napari.layers import Image
-
-        layer = self.layer(f"{image.name} confidence", Image)
-        if layer is not None and tuple(layer.data.shape) == shape:
-            return np.array(layer.data, dtype=np.float32, copy=True)
-        return np.zeros(shape, dtype=np.float32)
 
     def _show_confidence(self, image: Any, conf: np.ndarray) -> None:
         from napari.layers import Image
@@ -256,7 +393,7 @@ class LabelSync:
             scale=image.scale, translate=image.translate, blending="translucent",
             metadata={META_KEY: {"confidence_of": image.name}},
         )
-        labels = self.labels_layer_for(image.name)
+        labels = self.labels_layer_for(image)
         if labels is not None:  # keep the labels above the confidence map
             self.viewer.layers.move(self.viewer.layers.index(layer),
                                     self.viewer.layers.index(labels))
@@ -266,65 +403,69 @@ class LabelSync:
         state = self.states.get(layer.unique_id)
         if state is None:
             return None
-        data = np.asarray(layer.data)
-        state.forget_undone_run(data)  # Ctrl+Z already took it back
-        plan = state.undo_run(data)
+        plan = state.plan_undo(np.asarray(layer.data))
         if plan is None:
             return None
-        indices, values = plan
-        if indices and indices[0].size:
-            self._writing = True
-            try:
-                layer.data_setitem(indices, values)
-            finally:
-                self._writing = False
-        return int(indices[0].size) if indices else 0
+        idx, values, edited = plan
+        self._write_flat(layer, idx, values)
+        state.checkpoint_at(np.asarray(layer.data), edited)
+        return int(idx.size)
 
     # ----------------------------------------------------------- classes
     def edits_removed(self, layer: Any, new: LabelClasses) -> dict[str, int]:
-        """Hand-painted pixels a class edit would unlabel, by old class name (nothing changes).
-
-        Engine output of a removed class comes back with a re-run; manual edits
-        do not, so the widget asks before it clears them.
-        """
+        """Hand-painted pixels a class edit would unlabel, by old class name (nothing changes)."""
         state = self.state_for(layer)
         old = state.classes
         data = np.asarray(layer.data)
-        if old is None or not data.size:
-            return {}
-        lut = class_lut(old, new, int(data.max()) + 1, data.dtype)
-        if lut is None:
+        gone = _removed_values(old, new)
+        if not gone or not data.size:
             return {}
         edits = data[state.edited(data)]
-        removed = (lut[edits] == 0) & (edits != 0) & (edits < old.n_labels)
-        values, counts = np.unique(edits[removed], return_counts=True)
-        return {old.names[int(v)]: int(n) for v, n in zip(values, counts)}
+        out: dict[str, int] = {}
+        for value in gone:
+            n = int(np.count_nonzero(edits == value))
+            if n:
+                out[old.name_of(value) or f"label {value}"] = n
+        return out
 
     def classes_changed(self, layer: Any, new: LabelClasses) -> int:
-        """Follow a class table edit: remap values by class id, recolour, rename.
+        """Follow a class table edit: clear removed classes, recolour, rename.
 
-        Returns how many pixels became unlabelled (0) because their class was removed.
+        Reordering and renaming touch no pixel (values are class ids). A removed
+        class's pixels become 0 at a checkpoint (Ctrl+Z cannot bring a value no
+        class names back). Returns how many pixels were cleared.
         """
         state = self.state_for(layer)
         old = state.classes
-        if old is None and META_KEY in layer.metadata:
+        if old is None and META_KEY in layer.metadata and "names" in layer.metadata[META_KEY]:
             old = LabelClasses.from_meta(layer.metadata[META_KEY])
-        cleared = 0
         data = np.asarray(layer.data)
-        if data.dtype.kind in "iu" and new.n_labels - 1 > np.iinfo(data.dtype).max:
-            data = data.astype(np.uint16)  # e.g. class 256 added: napari refuses to paint it in uint8
-            state.retype(data.dtype)
-            layer.data = data
-        if old is not None:
-            n_values = int(data.max()) + 1 if data.size else 1
-            lut = class_lut(old, new, n_values, data.dtype)
-            if lut is not None:
-                removed = (lut == 0) & (np.arange(lut.size) != 0)
-                cleared = int(removed[data].sum())
-                if lut.dtype != data.dtype:
-                    state.retype(lut.dtype)
-                layer.data = lut[data]  # a new, writable array; napari's stroke history restarts
-                state.remap(lut, new)
+        top = new.max_value
+        if data.dtype.kind in "iu" and top > np.iinfo(data.dtype).max:
+            wide = data.astype(np.uint16)  # e.g. value 256: napari refuses to paint it in uint8
+            edited = state.edited(data)
+            self._swap(layer, wide)
+            state.retype(wide.dtype)
+            state.checkpoint_at(wide, edited)
+            data = wide
+        cleared = 0
+        gone = _removed_values(old, new)
+        if gone:
+            mask = np.isin(data, gone)
+            cleared = int(np.count_nonzero(mask))
+            if cleared:
+                edited = state.edited(data) & ~mask
+                self._write_flat(layer, np.flatnonzero(mask), np.zeros(cleared, data.dtype))
+                state.checkpoint_at(np.asarray(layer.data), edited)
+            state.forget_values(gone)
         state.classes = new
         self.decorate(layer, new)
         return cleared
+
+
+def _removed_values(old: LabelClasses | None, new: LabelClasses) -> list[int]:
+    """Values of classes in ``old`` that ``new`` no longer has (matched by id)."""
+    if old is None or not old.ids or not new.ids:
+        return []
+    keep = set(new.values)
+    return [v for v in old.values[1:] if v not in keep]

@@ -87,8 +87,13 @@ class RunController(QObject):
         self._pbar: Any = None
         self._pbar_value = 0
         self.run_in_thread = True
-        self._relay = ProgressRelay(self)
+        # No parent: the worker thread may still emit after this controller is gone
+        # (viewer closed mid-run); a parentless relay lives until the job drops it,
+        # and Qt disconnects it from a deleted receiver.
+        self._relay = ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
+        self._closed = threading.Event()
+        self._done: threading.Event | None = None
 
     @property
     def is_running(self) -> bool:
@@ -136,18 +141,32 @@ class RunController(QObject):
         return self.segmenter
 
     # --------------------------------------------------------------- run
-    def start(self, images: list, prompts: list, background: list[str] | None, key: ModelKey) -> None:
-        """Start a job; ``finished`` is emitted exactly once afterwards."""
+    def start(self, images: list, prompts: list, background: list[str] | None, key: ModelKey,
+              finish: Callable[..., Any] | None = None) -> None:
+        """Start a job; ``finished`` is emitted exactly once afterwards (unless shut down).
+
+        ``finish(results, check)`` runs in the worker after the engine (the merge
+        into the labels layer); its output is what ``finished`` carries.
+        """
         cancel = threading.Event()
         self._cancel = cancel
+        relay, closed = self._relay, self._closed
+        done = threading.Event()
+        self._done = done
+
+        def report(fraction: float, message: str) -> None:
+            if not closed.is_set():
+                relay.progressed.emit(fraction, message)
+
         job = SegmentJob(
             images=images, classes=prompts, background=background,
             build=lambda: self._segmenter_for(key, cancel), cancel_event=cancel,
-            report=self._relay.progressed.emit,
+            report=report, finish=finish,
         )
         started = time.perf_counter()
         self._set_running(True)
         if not self.run_in_thread:
+            done.set()
             gen = run_job(job)
             try:
                 while True:
@@ -159,7 +178,13 @@ class RunController(QObject):
             return
         from napari.qt.threading import GeneratorWorker
 
-        worker = GeneratorWorker(run_job, job)
+        def guarded(job: SegmentJob) -> Any:
+            try:
+                return (yield from run_job(job))
+            finally:
+                done.set()
+
+        worker = GeneratorWorker(guarded, job)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(lambda res: self._finish(cancel, res, None, started))
         worker.errored.connect(lambda err: self._finish(cancel, None, err, started))
@@ -175,6 +200,8 @@ class RunController(QObject):
                 started: float) -> None:
         from napari_cass.engine import SegmentationCancelled
 
+        if self._closed.is_set():  # the dock or viewer closed during the run: touch nothing
+            return
         seconds = time.perf_counter() - started
         if cancel.is_set():  # whatever came back (a result, or a download error it caused)
             err = SegmentationCancelled("Segmentation cancelled.")
@@ -202,12 +229,14 @@ class RunController(QObject):
             self._worker = None
 
     def _on_yielded(self, item: tuple) -> None:
+        if self._closed.is_set():
+            return
         if item and item[0] == "device":
             self.device.emit(str(item[1]))
 
     def _on_progress(self, fraction: float, message: str) -> None:
         pbar = self._pbar
-        if pbar is None or not self._running:
+        if pbar is None or not self._running or self._closed.is_set():
             return  # a late signal from a finished run
         value = round(fraction * 100)
         if value < 100:  # before touching the bar: napari's bar may process events (re-entrancy)
@@ -218,14 +247,40 @@ class RunController(QObject):
         if message and self._pbar is pbar:
             pbar.set_description(f"CASS: {message}")
 
-    def shutdown(self) -> None:
-        """Cancel a running job and wait briefly for its thread (dock closing)."""
-        if not self._running:
+    def shutdown(self, wait: float = 10.0) -> None:
+        """Cancel a running job and wait for its thread (dock or viewer closing).
+
+        Nothing the job does afterwards reaches a layer, a file or this object:
+        its signals are disconnected and its progress reports are dropped. The
+        engine checks Cancel between crops and between full-resolution bands,
+        so the thread ends within about a second; waiting for it keeps the
+        interpreter from tearing torch down under a running thread.
+        """
+        self._closed.set()
+        was_running = self._running
+        if not was_running:
             _close(self.segmenter)
         self.cancel()
+        if self._cancel is not None:
+            self._cancel.set()
         worker = self._worker
         if worker is not None:
+            for signal in (worker.yielded, worker.returned, worker.errored):
+                try:
+                    signal.disconnect()
+                except (TypeError, RuntimeError):
+                    pass
             try:
                 worker.quit()
             except RuntimeError:
                 pass
+        if was_running and self._done is not None:
+            self._done.wait(wait)
+        if self._pbar is not None:
+            try:
+                self._pbar.close()
+            except RuntimeError:
+                pass
+            self._pbar = None
+        self._running = False
+        self._worker = None

@@ -8,9 +8,11 @@
 * :mod:`._export_panel`, :mod:`._batch_controller`: export and batch mode;
 * :mod:`._error_panel`: the bounded status / error area.
 
-Labels layers: label k = row k of the class table, label 0 = background, names
-in ``layer.features``, colours in a ``DirectLabelColormap``, the class list in
-``layer.metadata["napari_cass"]``. The widget works through the public napari
+Labels layers: a class's label value is its id (stable while the layer lives:
+reordering or renaming rows touches no pixel; files are written with row k =
+label k), label 0 = background, names in ``layer.features``, colours in a
+``DirectLabelColormap``, the class list and the linked image's ``unique_id`` in
+``layer.metadata["napari_cass"]``. The undo model is in :mod:`._label_state`. The widget works through the public napari
 API only, so it behaves the same with the ``PublicOnlyProxy`` viewer napari
 hands to plugins.
 """
@@ -37,7 +39,7 @@ from ._error_panel import ErrorPanel, ask_yes_no, notify
 from ._export_panel import ExportPanel, export_item
 from ._inputs_panel import InputsPanel
 from ._label_state import region_bbox
-from ._label_sync import LabelSync, RunContext, labels_name
+from ._label_sync import LabelSync, RunContext, build_result, labels_name
 from ._layer_inputs import (
     STACK_ALL,
     STACK_CHOOSE,
@@ -104,6 +106,7 @@ class CassWidget(QWidget):
             is_running=lambda: self.is_running, say=self._say,
         )
         self.sync.on_paint = self.batch.on_paint
+        self.sync.listen()
         self.runner.started.connect(lambda: self._running_changed(True))
         self.runner.progressed.connect(lambda v, m: self.errors.set_status(f"{v}% {m}"))
         self.runner.device.connect(lambda d: self.model.device_label.setText(f"running on: {d}"))
@@ -196,12 +199,13 @@ class CassWidget(QWidget):
     def labels_name(image_name: str) -> str:
         return labels_name(image_name)
 
-    def labels_layer_for(self, image_name: str) -> Any:
-        return self.sync.labels_layer_for(image_name)
+    def labels_layer_for(self, image: Any) -> Any:
+        """The labels layer of an image layer (or of the image layer with that name)."""
+        return self.sync.labels_layer_for(image)
 
     def _current_labels(self) -> Any:
         image = self.selected_image_layer()
-        return self.labels_layer_for(image.name) if image is not None else None
+        return self.labels_layer_for(image) if image is not None else None
 
     def _on_layer_removed(self, layer: Any) -> None:
         self.batch.layer_removed(layer)  # saves a batch mask before its layer is gone
@@ -291,20 +295,27 @@ class CassWidget(QWidget):
         except ValueError as err:
             self._say("error", str(err))
             return False
-        save_settings(self.current_settings())
-        self._run_factory = factory
         key = self.model.key()
-        self._ctx = RunContext(
-            image_name=layer.name, leading=leading, region=region, bbox=bbox, classes=classes,
-            replace_all=self.replace_all_check.isChecked(),
+        ctx = RunContext(
+            image_uid=layer.unique_id, image_name=layer.name, leading=leading, region=region,
+            bbox=bbox, classes=classes, replace_all=self.replace_all_check.isChecked(),
             confidence=self.confidence_check.isChecked(),
             settings=dict(zip(("clip", "vfm", "method", "preset", "device"), key)),
         )
+        try:
+            self.sync.begin_run(ctx, layer)
+        except ValueError as err:
+            self._say("error", str(err))
+            return False
+        save_settings(self.current_settings())
+        self._run_factory = factory
         if self.model.uses_server:  # which server made these labels
             from napari_cass.server import url_without_credentials
 
-            self._ctx.settings["server"] = url_without_credentials(factory.url)
-        self.runner.start(images, prompts, classes.background(), key)
+            ctx.settings["server"] = url_without_credentials(factory.url)
+        self._ctx = ctx
+        self.runner.start(images, prompts, classes.background(), key,
+                          finish=lambda results, check: build_result(ctx, results, check))
         return True
 
     def cancel(self) -> None:
@@ -318,7 +329,7 @@ class CassWidget(QWidget):
         if running:
             self.errors.set_status("segmenting…")
 
-    def _on_finished(self, ok: bool, message: str, results: Any, seconds: float) -> None:
+    def _on_finished(self, ok: bool, message: str, job: Any, seconds: float) -> None:
         self.run_panel.set_running(False)
         ctx, self._ctx = self._ctx, None
         if not ok or ctx is None:
@@ -328,25 +339,31 @@ class CassWidget(QWidget):
                 self.errors.set_error(message)
             return
         try:
-            labels = self.sync.apply(ctx, results)
+            labels = self.sync.apply(ctx, job.output)
             self._on_classes_changed()  # the table may have been edited during the run
         except ValueError as err:
             self.errors.set_error(str(err))
             return
-        cached = all(getattr(r, "from_cache", False) for r in results)
+        cached = job.from_cache
         self.last_run = {
-            "seconds": seconds, "from_cache": cached, "slices": len(results),
-            "timings": dict(getattr(results[-1], "timings", {})) if results else {},
-            "labels": labels.name,
+            "seconds": seconds, "from_cache": cached, "slices": job.slices,
+            "timings": job.timings, "labels": labels.name,
         }
         self.errors.set_status(f"done in {seconds:.1f} s" + (" (features re-used)" if cached else ""))
 
     def undo_last_run(self) -> bool:
         """Put back the labels the last run replaced on the current image."""
         labels = self._current_labels()
-        restored = self.sync.undo_last_run(labels) if labels is not None else None
+        if labels is None:
+            self._say("info", "Nothing to undo: this image has no labels yet (press Segment first).")
+            return False
+        if self.is_running:
+            self._say("info", "A segmentation is running: wait for it or press Cancel.")
+            return False
+        restored = self.sync.undo_last_run(labels)
         if restored is None:
-            self._say("info", "Nothing to undo: the last run created the layer (delete it to start over).")
+            self._say("info", "Nothing to undo: no re-run has changed these labels since they were "
+                      "made (a first run is undone by deleting its layer).")
             return False
         self.errors.set_status(f"last run undone ({restored} px restored)")
         return True
@@ -355,7 +372,7 @@ class CassWidget(QWidget):
     def export_dataset(self, folder: str | Path) -> dict[str, Path] | None:
         """Add the current image and its labels to a dataset folder (never overwrites)."""
         image = self.selected_image_layer()
-        labels = self.labels_layer_for(image.name) if image is not None else None
+        labels = self.labels_layer_for(image) if image is not None else None
         if image is None or labels is None:
             self._say("error", "Nothing to export: segment an image first (its labels layer is missing).")
             return None

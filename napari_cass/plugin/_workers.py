@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["JobFailed", "ProgressRelay", "SegmentJob", "friendly_error", "run_job"]
+__all__ = ["JobFailed", "JobOutput", "ProgressRelay", "SegmentJob", "friendly_error", "run_job"]
+
+#: Share of the progress bar for the engine; the rest is the merge into the layer.
+ENGINE_SHARE = 0.95
 
 
 class ProgressRelay(QObject):
@@ -38,6 +41,22 @@ class SegmentJob:
     build: Callable[[], Any]
     cancel_event: threading.Event = field(default_factory=threading.Event)
     report: Callable[[float, str], None] | None = None
+    #: ``finish(results, check)``: merge into the layer's labels, in the worker thread.
+    finish: Callable[[list[Any], Callable[[], None]], Any] | None = None
+
+
+@dataclass
+class JobOutput:
+    """What reaches the GUI thread: the merged output and a few facts about the run.
+
+    The engine's full-size results are dropped in the worker once merged (at
+    24 MP they hold ~200 MB the GUI thread never needs).
+    """
+
+    output: Any
+    from_cache: bool
+    slices: int
+    timings: dict[str, float]
 
 
 class JobFailed(Exception):
@@ -55,12 +74,13 @@ class JobFailed(Exception):
         self.error = error
 
 
-def run_job(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
+def run_job(job: SegmentJob) -> Generator[tuple, None, Any]:
     """Build (or reuse) the segmenter, then segment every image of the job.
 
     Yields ``("device", name)`` once, then ``("slice", done, total)``; returns the
-    list of :class:`~napari_cass.engine.SegmentationResult`. A ``RuntimeError``
-    leaves as :class:`JobFailed` (see there).
+    list of :class:`~napari_cass.engine.SegmentationResult`, or a :class:`JobOutput`
+    when the job has a ``finish`` step. A ``RuntimeError`` leaves as
+    :class:`JobFailed` (see there).
     """
     try:
         return (yield from _run(job))
@@ -68,7 +88,7 @@ def run_job(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
         raise JobFailed(err) from err
 
 
-def _run(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
+def _run(job: SegmentJob) -> Generator[tuple, None, Any]:
     from napari_cass.engine import SegmentationCancelled
 
     def report(fraction: float, message: str) -> None:
@@ -85,7 +105,7 @@ def _run(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
             raise SegmentationCancelled("Segmentation cancelled.")
 
         def progress(done: int, steps: int, message: str, _i: int = i) -> None:
-            report((_i + done / max(steps, 1)) / total, message)
+            report(ENGINE_SHARE * (_i + done / max(steps, 1)) / total, message)
 
         results.append(
             segmenter.segment(
@@ -93,9 +113,25 @@ def _run(job: SegmentJob) -> Generator[tuple, None, list[Any]]:
                 cancel=job.cancel_event.is_set, background=job.background,
             )
         )
-        report((i + 1) / total, f"slice {i + 1}/{total} done" if total > 1 else "done")
+        report(ENGINE_SHARE * (i + 1) / total, f"slice {i + 1}/{total} done" if total > 1 else "done")
         yield ("slice", i + 1, total)
-    return results
+    if job.finish is None:
+        return results
+
+    def check() -> None:
+        if job.cancel_event.is_set():
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+    report(ENGINE_SHARE, "merging into the labels layer…")
+    meta = JobOutput(
+        None, all(getattr(r, "from_cache", False) for r in results), len(results),
+        dict(getattr(results[-1], "timings", {})) if results else {},
+    )
+    meta.output = job.finish(results, check)
+    del results
+    check()
+    report(1.0, "done")
+    return meta
 
 
 def friendly_error(err: BaseException) -> tuple[str, bool]:

@@ -88,16 +88,18 @@ def _label_array(data: Any, fmt: str, dims: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def layer_classes(data: np.ndarray, meta: dict[str, Any]) -> LabelClasses:
-    """The class list of the layer being written (ours, or names made up for a plain layer)."""
+def layer_classes(data: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, LabelClasses]:
+    """The labels as files hold them (row k = label k) and their class list.
+
+    A layer's values are class ids (stable while the layer lives); files count
+    rows, so the values are compacted here. A plain layer gets made-up names.
+    """
     classes = classes_from_layer_meta(meta.get("metadata"), meta.get("features"), data)
-    top = int(np.max(data)) if np.size(data) else 0
-    if top >= classes.n_labels:
-        raise LabelsWriterError(
-            f"The layer holds label {top}, but its class list has only labels "
-            f"0..{classes.n_labels - 1}: add classes in the CASS widget or fix the painted labels."
-        )
-    return classes
+    try:
+        rows = classes.to_rows(data)
+    except ValueError as err:
+        raise LabelsWriterError(f"{err} (in the CASS widget: Classes).") from None
+    return rows, classes.in_row_order()
 
 
 def _extra(meta: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +184,7 @@ def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Indexed PNG (palette = class colours) plus ``classes.json`` next to it; 2-D only."""
     from napari_cass.io import write_indexed_png
 
-    labels = _label_array(data, "png", (2,))
-    classes = layer_classes(labels, meta)
+    labels, classes = layer_classes(_label_array(data, "png", (2,)), meta)
     if classes.n_labels > 256:
         raise LabelsWriterError(
             f"{_ACCEPTS['png']}; this layer has {classes.n_labels} labels: "
@@ -198,8 +199,7 @@ def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 @_errors_napari_shows
 def write_labels_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """TIFF (uint16/uint32; 2-D or a multi-page (Z, H, W) stack) plus ``classes.json`` next to it."""
-    labels = _label_array(data, "tif", (2, 3))
-    classes = layer_classes(labels, meta)
+    labels, classes = layer_classes(_label_array(data, "tif", (2, 3)), meta)
     out = Path(path)
     written = write_label_stack_tiff(out, labels)
     cls_path = write_classes_next_to(out, classes, _extra(meta))
@@ -211,8 +211,7 @@ def write_labels_coco(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """COCO JSON for the current image: one RLE annotation per class; label 0 is not annotated."""
     from napari_cass.io import atomic_write, labels_to_coco, safe_filename
 
-    labels = _label_array(data, "coco", (2,))
-    classes = layer_classes(labels, meta)
+    labels, classes = layer_classes(_label_array(data, "coco", (2,)), meta)
     image_name = _extra(meta).get("image") or meta.get("name") or Path(path).stem
     doc = labels_to_coco(
         labels, classes.names, image_id=1, file_name=f"{safe_filename(str(image_name))}.png",
