@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 import numpy as np
-from PIL import Image
 
 from ..engine import DEFAULT_PRESET, ClassPrompt, Preset, benchmark_classes, get_preset
 
@@ -40,16 +39,41 @@ class Sample:
     gt_path: Path
 
 
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit or float pixels to 0..255 by their own range (a constant image: 0)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)).astype(np.uint8)
+
+
+def _tiff_rgb(path: Path) -> np.ndarray:
+    """A TIFF as ``(H, W, 3)`` uint8, read through napari_cass.io's bounded reader."""
+    from ..io import read_tiff
+
+    arr = read_tiff(path)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return (arr if arr.dtype == np.uint8 else _stretch_to_uint8(arr))[..., :3].copy()
+    if arr.ndim != 2:
+        raise ValueError(f"shape {arr.shape} is not a grey (H, W) or colour (H, W, 3) image")
+    return np.repeat((arr if arr.dtype == np.uint8 else _stretch_to_uint8(arr))[..., None], 3, axis=2)
+
+
 def load_image(path: Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3)`` uint8 RGB, the input every benchmark uses."""
+    """Read an image as ``(H, W, 3)`` uint8 RGB, the input every benchmark uses.
+
+    Through napari_cass.io's readers: the pixel and decoded-byte limits apply, and an
+    animated PNG gives its first frame.
+    """
+    from ..io import open_picture
+
     try:
-        with Image.open(path) as im:
+        if is_tiff(path):
+            return _tiff_rgb(path)
+        with open_picture(path) as im:
             if im.mode in ("I;16", "I;16B", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-                arr = arr.astype(np.uint8)
-                return np.repeat(arr[..., None], 3, axis=2)
+                return np.repeat(_stretch_to_uint8(np.asarray(im))[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"Image file not found: {path}") from None
@@ -64,11 +88,13 @@ def load_label_map(path: Path) -> np.ndarray:
     """
     try:
         if is_tiff(path):
-            import tifffile
+            from ..io import read_tiff
 
-            arr = np.asarray(tifffile.imread(path))
+            arr = read_tiff(path)
         else:
-            with Image.open(path) as im:
+            from ..io import open_picture
+
+            with open_picture(path) as im:
                 if im.mode in ("RGB", "RGBA"):
                     raise ValueError(
                         f"Ground truth {path} is a colour ({im.mode}) image; an index mask is "

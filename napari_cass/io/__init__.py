@@ -13,15 +13,20 @@ from ._classes_json import CLASSES_FORMAT, class_words, read_classes_json, read_
 from ._coco import labels_to_coco
 from ._dataset import export_dataset_item
 from ._images import (
+    BYTES_PER_PIXEL,
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     MAX_PIXELS_ENV,
+    ImageDecodeError,
     ImageTooLargeError,
     check_pixel_limit,
     image_size,
+    max_decoded_bytes,
     max_pixels_limit,
+    open_picture,
     parse_pixel_count,
     read_image,
+    read_tiff,
 )
 from ._masks import mask_suffix_for, read_label_image, write_indexed_png, write_label_tiff
 from ._names import printable, safe_filename, unique_filenames
@@ -44,11 +49,13 @@ from ._run_folder import (
 
 __all__ = [
     "mask_suffix_for",
+    "BYTES_PER_PIXEL",
     "CLASSES_FORMAT",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS_ENV",
     "FolderDecision",
+    "ImageDecodeError",
     "ImageTooLargeError",
     "OutputConflictError",
     "OutputPlan",
@@ -69,13 +76,16 @@ __all__ = [
     "label_palette",
     "labels_to_coco",
     "list_images",
+    "max_decoded_bytes",
     "max_pixels_limit",
+    "open_picture",
     "overlay_labels",
     "parse_pixel_count",
     "plan_outputs",
     "printable",
     "read_classes_json",
     "read_image",
+    "read_tiff",
     "read_label_image",
     "read_text_utf8",
     "safe_filename",

@@ -1,113 +1,64 @@
-"""Reading input images with a pixel limit checked from the header, before decoding.
+"""Reading input images with their cost checked from the header, before decoding.
 
 A 476 KB TIFF can declare 20000 x 20000 pixels and ask for gigabytes when decoded (a
-"decompression bomb"). Every reader here looks at the header first (PIL opens lazily and
-knows ``.size``; tifffile reads page shapes without touching pixel data) and refuses images
-above a limit: :data:`DEFAULT_MAX_PIXELS` unless the caller or the environment variable
-:data:`MAX_PIXELS_ENV` says otherwise. The CLI, batch mode and servers share these readers.
+"decompression bomb"). Every reader here opens the file once, checks what decoding
+would cost from that open file (PIL opens lazily and knows ``.size``; tifffile reads
+page shapes and where the compressed data lie), and decodes from the same open file:
+the limits are in :mod:`._limits`, the TIFF checks in :mod:`._tiff_guard`. Animated
+PNGs and multi-picture JPEGs give their first frame only. The CLI, the plugin's batch
+mode, Ray workers, ``napari-cass eval`` and the label readers share these readers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ._limits import (
+    BYTES_PER_PIXEL,
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    ImageDecodeError,
+    ImageTooLargeError,
+    check_decoded_bytes,
+    check_pixel_limit,
+    max_decoded_bytes,
+    max_pixels_limit,
+    parse_pixel_count,
+)
+from ._tiff_guard import check_tiff
+
 __all__ = [
+    "BYTES_PER_PIXEL",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS_ENV",
+    "ImageDecodeError",
     "ImageTooLargeError",
     "check_pixel_limit",
     "image_size",
+    "max_decoded_bytes",
     "max_pixels_limit",
+    "open_picture",
     "parse_pixel_count",
     "read_image",
+    "read_tiff",
 ]
 
 #: Image file suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-#: Default limit: 100 megapixels (a 10000 x 10000 image; 4.5x a 24-megapixel photo).
-DEFAULT_MAX_PIXELS = 100_000_000
-#: Environment variable that overrides the default limit (pixels; ``0`` or ``none``: no limit).
-MAX_PIXELS_ENV = "NAPARI_CASS_MAX_PIXELS"
 _TIFF = (".tif", ".tiff")
+# What PIL may decode for each suffix: never a TIFF or another format named .png.
+_PIL_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".bmp": ("BMP",)}
 _PIL_LOCK = threading.Lock()
-
-
-class ImageTooLargeError(ValueError):
-    """An image declares more pixels than the configured limit allows."""
-
-
-def parse_pixel_count(text: str | int | float | None) -> int | None:
-    """Parse a pixel limit: ``250000000``, ``2.5e8``, ``250M``, ``1G``; ``0``/``none`` -> no limit.
-
-    Returns ``None`` for "no limit". Raises ``ValueError`` with an example otherwise.
-    """
-    if text is None:
-        return None
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        raw = str(text).strip().lower().replace("_", "")
-        if raw in ("", "none", "off", "unlimited"):
-            return None
-        scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(raw[-1:], 1.0)
-        number = raw[:-1] if scale != 1.0 else raw
-        try:
-            value = float(number) * scale
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not a pixel count; write e.g. 250000000, 2.5e8 or 250M "
-                "(0 or 'none' for no limit)."
-            ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"The pixel limit must be a positive number (0 for no limit), got {text!r}.")
-    return None if value == 0 else int(value)
-
-
-def max_pixels_limit(max_pixels: int | str | None = None) -> int | None:
-    """The limit in effect: ``max_pixels`` if given, else ``$NAPARI_CASS_MAX_PIXELS``, else the default.
-
-    ``None`` means no limit (``0`` or ``none`` given explicitly or in the environment).
-    """
-    if max_pixels is not None:
-        return parse_pixel_count(max_pixels)
-    env = os.environ.get(MAX_PIXELS_ENV)
-    if env is not None and env.strip():
-        try:
-            return parse_pixel_count(env)
-        except ValueError as exc:
-            raise ValueError(f"Environment variable {MAX_PIXELS_ENV}: {exc}") from None
-    return DEFAULT_MAX_PIXELS
-
-
-def check_pixel_limit(name: str | os.PathLike[str], width: int, height: int,
-                      max_pixels: int | str | None = None, count: int | None = None) -> None:
-    """Raise :class:`ImageTooLargeError` if a ``width`` x ``height`` image is above the limit.
-
-    ``count`` is the number of pixels to compare when it is not ``width * height`` (a TIFF
-    stack of several planes). The message names the image, its size, the limit and the two
-    ways to raise it.
-    """
-    limit = max_pixels_limit(max_pixels)
-    total = int(count if count is not None else int(width) * int(height))
-    if limit is None or total <= limit:
-        return
-    suggest = max(total, 1)
-    planes = total // max(int(width) * int(height), 1)
-    size = f"{width} x {height} pixels" + (f" x {planes} planes" if planes > 1 else "")
-    raise ImageTooLargeError(
-        f"{name} is {size} ({total / 1e6:.1f} megapixels), above the limit of "
-        f"{limit / 1e6:g} megapixels that guards against decompression bombs. If the image is "
-        f"genuine, raise the limit: --max-pixels {suggest} on the command line, or the environment "
-        f"variable {MAX_PIXELS_ENV}={suggest} (0 removes the limit)."
-    )
+# Bytes per channel of PIL's modes, for the decoded size (others: 1).
+_PIL_CHANNEL_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
 @contextlib.contextmanager
@@ -128,25 +79,88 @@ def _pil_unlimited() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _tiff_size(path: Path) -> tuple[int, int, int]:
-    """(width, height, pixels) of a TIFF's first series, from the header only."""
+def _check_file(p: Path) -> None:
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not an image file.")
+    if not p.exists():
+        raise FileNotFoundError(f"Image {p} does not exist.")
+
+
+@contextlib.contextmanager
+def open_picture(path: str | os.PathLike[str], max_pixels: int | str | None = None) -> Iterator[Any]:
+    """Open a PNG, JPEG or BMP file as a PIL image whose decoding cost has been checked.
+
+    The file is opened once; the PIL image is read from that open file, restricted to the
+    format its suffix names, at its first frame (an animated PNG's other frames are never
+    decoded). Pixels are decoded when the caller asks for them (``np.asarray``, ``convert``).
+
+    Raises
+    ------
+    ImageTooLargeError
+        Above the pixel or decoded-byte limit; nothing was decoded.
+    ValueError
+        Not an image of the format its suffix names.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    _check_file(p)
+    formats = _PIL_FORMATS.get(p.suffix.lower())
+    if formats is None:
+        raise ValueError(f"{p} is not a PNG, JPEG or BMP file (by its suffix); TIFF files are read "
+                         "with read_image or read_tiff.")
+    with open(p, "rb") as handle:
+        try:
+            with _pil_unlimited():  # the header only: quick under the lock
+                img = Image.open(handle, formats=list(formats))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ValueError(f"{p} is not an image file that can be read as {formats[0]}, as its "
+                             "suffix says; PNG, JPEG, BMP and TIFF files are read.") from None
+        with img:
+            width, height = img.size
+            check_pixel_limit(p, width, height, max_pixels)
+            bands = len(img.getbands())
+            channel = _PIL_CHANNEL_BYTES.get(img.mode, 1)
+            check_decoded_bytes(p, width * height * bands * channel,
+                                f"{width} x {height} pixels of {img.mode}", max_pixels)
+            yield img
+
+
+def _pil_array(img: Any) -> np.ndarray:
+    """The first frame as an array, converted as ``imageio.v3.imread`` converts it."""
+    if img.mode == "P":
+        img = img.convert(img.palette.mode)
+    elif img.format == "PNG" and img.mode == "I":
+        img = img.convert("I;16")
+    arr = np.asarray(img)
+    return arr if arr.flags.writeable else np.array(arr)
+
+
+def read_tiff(path: str | os.PathLike[str], max_pixels: int | str | None = None) -> np.ndarray:
+    """The first series of a TIFF file, after :func:`~._tiff_guard.check_tiff` on the same open file."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape, axes = tuple(series.shape), str(series.axes)
-    dims = {a: n for a, n in zip(axes, shape)}
-    height, width = int(dims.get("Y", shape[-2] if len(shape) >= 2 else 1)), int(dims.get("X", shape[-1]))
-    pixels = math.prod(int(n) for a, n in zip(axes, shape) if a != "S")  # samples are channels
-    return width, height, pixels
+    p = Path(path)
+    _check_file(p)
+    try:
+        with tifffile.TiffFile(p) as tif:
+            check_tiff(tif, p, max_pixels)
+            return np.asarray(tif.asarray())
+    except tifffile.TiffFileError as exc:
+        raise ValueError(f"{p} is not a TIFF file that can be read ({exc}).") from None
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """``(width, height)`` of an image file, read from its header without decoding pixels."""
     p = Path(path)
     if p.suffix.lower() in _TIFF:
-        width, height, _ = _tiff_size(p)
-        return width, height
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            dims = dict(zip(str(series.axes), series.shape))
+            shape = series.shape
+            return int(dims.get("X", shape[-1])), int(dims.get("Y", shape[-2] if len(shape) >= 2 else 1))
     from PIL import Image
 
     with _pil_unlimited(), Image.open(p) as img:
@@ -154,46 +168,30 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int | str | None = None) -> np.ndarray:
-    """Read an image file as an array, refusing it before decoding if it is too large.
+    """Read an image file as an array, refusing it before decoding if it would cost too much.
 
     Parameters
     ----------
     path : path-like
-        A PNG, JPEG, BMP or TIFF file (TIFF: the first series, like ``tifffile.imread``).
+        A PNG, JPEG, BMP or TIFF file (TIFF: the first series, like ``tifffile.imread``;
+        animated PNG, multi-picture JPEG: the first frame).
     max_pixels : int or str, optional
         Pixel limit (see :func:`parse_pixel_count`); default: ``$NAPARI_CASS_MAX_PIXELS``
-        or :data:`DEFAULT_MAX_PIXELS`. ``0`` disables the check.
+        or :data:`DEFAULT_MAX_PIXELS`. ``0`` disables the pixel and decoded-byte limits.
 
     Raises
     ------
     ImageTooLargeError
-        The header declares more pixels than the limit; nothing was decoded.
+        The header declares more pixels (every plane counted) or more decoded bytes
+        (every sample counted) than the limits; nothing was decoded.
+    ImageDecodeError
+        A TIFF whose tiles are far larger than the image, or whose compressed data
+        inflate past their tiles; nothing was decoded.
     FileNotFoundError, IsADirectoryError, ValueError
         The file is missing, a folder, or not an image.
     """
     p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{p} is a folder, not an image file.")
-    if not p.exists():
-        raise FileNotFoundError(f"Image {p} does not exist.")
     if p.suffix.lower() in _TIFF:
-        import tifffile
-
-        width, height, pixels = _tiff_size(p)
-        check_pixel_limit(p, width, height, max_pixels, count=pixels)
-        return np.asarray(tifffile.imread(p))
-    from PIL import Image, UnidentifiedImageError
-
-    import imageio.v3 as iio
-
-    try:
-        with _pil_unlimited(), Image.open(p) as img:  # the header only: quick under the lock
-            width, height = img.size
-    except UnidentifiedImageError:
-        raise ValueError(f"{p} is not an image file that can be read (PNG, JPEG, BMP, TIFF).") from None
-    check_pixel_limit(p, width, height, max_pixels)
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and width * height > pil_limit:  # allowed by us, above PIL's own
-        with _pil_unlimited():
-            return np.asarray(iio.imread(p))
-    return np.asarray(iio.imread(p))
+        return read_tiff(p, max_pixels)
+    with open_picture(p, max_pixels) as img:
+        return _pil_array(img)

@@ -102,13 +102,13 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
     if not p.is_file():
         raise FileNotFoundError(f"Label image {p} does not exist.")
     if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+        from ._images import read_tiff
 
-        arr = np.asarray(tifffile.imread(p))
+        arr = read_tiff(p)  # bounded like every input image (pixels, bytes, tiles)
     else:
-        from PIL import Image
+        from ._images import open_picture
 
-        with Image.open(p) as img:
+        with open_picture(p) as img:
             if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
                 raise ValueError(
                     f"{p} is a {img.mode} image, not a label image; label images are "
