@@ -229,3 +229,158 @@ def test_convert_round_trips(tmp_path, cli_builds, capsys):
     # no silent overwrite
     assert cli.main(["convert", "to-label-studio", str(tmp_path / "dataset"), "--out", str(tmp_path / "t2.json")]) == 2
     assert "exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a real Label Studio
+def _label_studio_executable() -> str:
+    import os
+    import shutil
+
+    exe = os.environ.get("NAPARI_CASS_LABEL_STUDIO") or shutil.which("label-studio")
+    if not exe or not Path(exe).is_file():
+        if os.environ.get("NAPARI_CASS_REQUIRE_LABEL_STUDIO"):
+            pytest.fail("NAPARI_CASS_REQUIRE_LABEL_STUDIO is set but NAPARI_CASS_LABEL_STUDIO names no "
+                        "label-studio executable.")
+        pytest.skip("Label Studio is not installed: set NAPARI_CASS_LABEL_STUDIO to its label-studio "
+                    "executable (a venv of its own: it pins numpy < 2.3).")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on loopback, SQLite in a temporary data dir, one user with a known token."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    exe = _label_studio_executable()
+    data = tmp_path_factory.mktemp("label-studio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HOME": str(data), "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+           "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
+    env.pop("HOST", None)
+    log = open(data / "label-studio.log", "w")
+    proc = subprocess.Popen([exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(data / "data"), "--username", "test@example.com",
+                             "--password", "napari-cass-test", "--user-token", LS_TOKEN,
+                             "--enable-legacy-api-token"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("Label Studio did not start:\n" + (data / "label-studio.log").read_text()[-3000:])
+            time.sleep(1)
+        yield {"url": url, "exe": exe}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_real_label_studio(label_studio, tmp_path, tiny_model_set, cli_builds):
+    """Project + two image tasks in Label Studio, napari-cass connected as its ML backend:
+    what Label Studio stores decodes to the CLI's masks; a label added later is used; the
+    annotations exported from Label Studio convert to a dataset with the same masks."""
+    from napari_cass.integrations._ls_convert import label_studio_to_dataset
+    from napari_cass.io import read_label_image
+
+    ls, headers = label_studio["url"], {"Authorization": f"Token {LS_TOKEN}"}
+    client = httpx.Client(base_url=ls, headers=headers, timeout=120, trust_env=False)
+    images = real_images(tmp_path / "photos")
+    r = client.post("/api/projects", json={"title": "napari-cass test", "label_config": CONFIG})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    files = {p.name: (p.name, p.read_bytes(), "image/png") for p in images.values()}
+    assert client.post(f"/api/projects/{pid}/import", files=files).status_code == 201
+    tasks = client.get("/api/tasks", params={"project": pid}).json()["tasks"]
+    stem_of = {t["id"]: Path(t["data"]["image"]).stem.split("-", 1)[1] for t in tasks}
+    assert sorted(stem_of.values()) == ["astronaut", "coffee"]
+
+    backend = _backend(ls, tmp_path)
+    app = create_app(_segmenter(tiny_model_set), token=SERVER_TOKEN)
+    backend.mount(app, SERVER_TOKEN)
+
+    def predictions(config, cli_out, classes):
+        ref = cli_masks(tmp_path / "photos", tmp_path / cli_out, classes=classes)
+        r = client.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                        json={"selectedItems": {"all": True, "excluded": []}})
+        assert r.status_code == 200, r.text
+        version = client.get(f"/api/ml/{ml_id}").json()["model_version"]
+        stored = {}
+        for tid, stem in stem_of.items():
+            preds = [p for p in client.get("/api/predictions", params={"task": tid}).json()
+                     if p["model_version"] == version]
+            assert len(preds) == 1, f"task {tid}: {len(preds)} predictions of {version}"
+            assert_same_as_cli(preds[0]["result"], ref["masks"][stem], ref["names"])
+            stored[tid] = preds[0]
+        return ref, version, stored
+
+    with BackgroundServer(app) as server:
+        r = client.post("/api/ml", json={"url": server.url, "project": pid, "title": "napari-cass",
+                                         "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio",
+                                         "basic_auth_pass": SERVER_TOKEN})
+        assert r.status_code == 201, r.text
+        ml_id = r.json()["id"]
+        assert r.json()["readable_state"] == "Connected"
+        _, first, _ = predictions(CONFIG, "cli1", CLASSES)
+        # a label added in Label Studio: the next prediction uses it, no restart
+        config = CONFIG.replace('<Label value="grass"/>', '<Label value="grass"/><Label value="road"/>')
+        assert client.patch(f"/api/projects/{pid}", json={"label_config": config}).status_code == 200
+        ref, second, stored = predictions(config, "cli2", CLASSES + ", road")
+    assert first != second
+    # Label Studio -> dataset: annotations made from the predictions, exported, converted
+    for tid, pred in stored.items():
+        r = client.post(f"/api/tasks/{tid}/annotations", json={"result": pred["result"]})
+        assert r.status_code == 201, r.text
+    export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
+    assert export.status_code == 200
+    (tmp_path / "export.json").write_bytes(export.content)
+    done = label_studio_to_dataset(tmp_path / "export.json", tmp_path / "dataset", images_dir=tmp_path / "photos",
+                                   label_config=config)
+    assert done["classes"] == ref["names"] and sorted(done["images"]) == ["astronaut", "coffee"]
+    for stem in done["images"]:
+        np.testing.assert_array_equal(read_label_image(tmp_path / "dataset" / "masks" / f"{stem}.png"),
+                                      ref["masks"][stem])
+    client.close()
+
+
+def test_rle_matches_label_studio_sdk(tmp_path):
+    """Label Studio SDK's own brush codec (in Label Studio's venv) reads ours and we read its."""
+    import subprocess
+
+    python = Path(_label_studio_executable()).with_name("python")
+    rng = np.random.default_rng(5)
+    masks = [rng.random((23, 31)) < 0.5, np.zeros((300, 400), bool), np.ones((17, 9), bool)]
+    masks[1][20:280, 5:395] = True
+    (tmp_path / "ours.json").write_text(json.dumps([{"shape": m.shape, "mask": m.astype(int).ravel().tolist(),
+                                                     "rle": encode_rle(m)} for m in masks]))
+    script = """
+import json, sys, numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+cases = json.load(open(sys.argv[1]))
+out = []
+for c in cases:
+    h, w = c["shape"]
+    m = np.array(c["mask"], np.uint8).reshape(h, w)
+    rgba = decode_rle(c["rle"]).reshape(h, w, 4)
+    assert (rgba == (m * 255)[:, :, None]).all(), "the SDK decodes napari-cass RLE differently"
+    out.append(mask2rle(m * 255))
+json.dump(out, open(sys.argv[2], "w"))
+"""
+    subprocess.run([str(python), "-c", script, str(tmp_path / "ours.json"), str(tmp_path / "sdk.json")],
+                   check=True, timeout=120)
+    for mask, rle in zip(masks, json.loads((tmp_path / "sdk.json").read_text())):
+        np.testing.assert_array_equal(mask_from_rle(rle, mask.shape[1], mask.shape[0]), mask)
+        assert rle == encode_rle(mask)  # byte for byte what the SDK writes

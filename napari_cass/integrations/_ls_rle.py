@@ -56,7 +56,8 @@ def encode_rle(mask: np.ndarray) -> list[int]:
     for i, size in enumerate(_SIZES):
         header |= (size - 1) << (4 * (len(_SIZES) - 1 - i))
     bits = np.concatenate((_bits([header], [header_bits]), _bits(codes, nbits)))
-    return np.packbits(bits).tolist()  # zero-padded to whole bytes
+    pad = np.zeros(8 - bits.size % 8, np.uint8)  # 1-8 zero bits, as Label Studio's SDK pads
+    return np.packbits(np.concatenate((bits, pad))).tolist()
 
 
 def _bits(codes, widths) -> np.ndarray:
