@@ -52,6 +52,18 @@ def _mask_file(out: Path, stem: str) -> np.ndarray:
     return read_label_image(out / "masks" / f"{stem}.png")
 
 
+def _value(w, row: int) -> int:
+    """The label value of class row ``row`` in the dock's table (its id; the row in files)."""
+    classes = w.class_table.label_classes()
+    return int(getattr(classes, "values", list(range(classes.n_labels)))[row])
+
+
+def _rows(w, data: np.ndarray) -> np.ndarray:
+    """Layer values as a saved mask holds them (row k of the table = k)."""
+    to_rows = getattr(w.class_table.label_classes(), "to_rows", None)
+    return to_rows(np.asarray(data)) if to_rows is not None else np.asarray(data)
+
+
 def test_next_previous_in_place_autosave_and_resume(qtbot, plugin, make_napari_viewer, tiny_factory,
                                                     notes: dict, toasts: list, tmp_path: Path) -> None:
     from conftest import open_plugin
@@ -67,17 +79,17 @@ def test_next_previous_in_place_autosave_and_resume(qtbot, plugin, make_napari_v
     ids = [ly.unique_id for ly in viewer.layers]
 
     labels.brush_size = 3
-    labels.paint((5, 5), 2)  # a correction: saved shortly after, without pressing anything
+    labels.paint((5, 5), _value(w, 2))  # a correction: saved shortly after, without pressing anything
     corrected = np.array(labels.data, copy=True)
     qtbot.waitUntil(lambda: (out / "masks" / "img_00.png").is_file(), timeout=5_000)
-    np.testing.assert_array_equal(_mask_file(out, "img_00"), corrected)
+    np.testing.assert_array_equal(_mask_file(out, "img_00"), _rows(w, corrected))
 
     _click(qtbot, w.batch_panel.next_btn)
     _wait(qtbot, w)
     assert [ly.unique_id for ly in viewer.layers] == ids  # same layers, new data: no remove/add
     assert [ly.name for ly in viewer.layers] == ["img_01", "img_01 labels"]
     assert "image 2 / 3" in w.batch_panel.status.text()
-    np.testing.assert_array_equal(_mask_file(out, "img_00"), corrected)
+    np.testing.assert_array_equal(_mask_file(out, "img_00"), _rows(w, corrected))
     assert not w.batch_step(-5)
     assert "first image" in w.status_label.text()
 
@@ -94,12 +106,12 @@ def test_next_previous_in_place_autosave_and_resume(qtbot, plugin, make_napari_v
     assert w2.batch.session.current.name == "img_00.png"
     assert w2.class_table.label_classes().names == ["background", "cat", "dog"]
     resumed = w2.labels_layer_for("img_00")
-    np.testing.assert_array_equal(resumed.data, corrected)
+    np.testing.assert_array_equal(_rows(w2, resumed.data), _rows(w, corrected))
     resumed.brush_size = 3
-    resumed.paint((20, 30), 1)
-    assert resumed.data[20, 30] == 1
+    resumed.paint((20, 30), _value(w2, 1))
+    assert resumed.data[20, 30] == _value(w2, 1)
     w2.batch_save()
-    np.testing.assert_array_equal(_mask_file(out, "img_00"), resumed.data)
+    np.testing.assert_array_equal(_mask_file(out, "img_00"), _rows(w2, resumed.data))
 
 
 def test_unicode_names_and_class_added_mid_batch(qtbot, plugin, tmp_path: Path, notes: dict) -> None:
@@ -115,8 +127,8 @@ def test_unicode_names_and_class_added_mid_batch(qtbot, plugin, tmp_path: Path, 
         stem = w.batch.session.stems[w.batch.session.index]
         labels = w.labels_layer_for(stem)
         labels.brush_size = 3
-        labels.paint((4, 4 + 8 * len(masks)), 1)
-        masks[stem] = np.array(labels.data, copy=True)
+        labels.paint((4, 4 + 8 * len(masks)), _value(w, 1))
+        masks[stem] = _rows(w, labels.data)
         if len(masks) < 3:
             _click(qtbot, w.batch_panel.next_btn)
             _wait(qtbot, w)
@@ -124,8 +136,8 @@ def test_unicode_names_and_class_added_mid_batch(qtbot, plugin, tmp_path: Path, 
     _click(qtbot, w.class_table.add_btn)
     stem = w.batch.session.stems[w.batch.session.index]
     labels = w.labels_layer_for(stem)
-    labels.paint((10, 10), 3)
-    masks[stem] = np.array(labels.data, copy=True)
+    labels.paint((10, 10), _value(w, 3))
+    masks[stem] = _rows(w, labels.data)
     w.batch_save()
     assert notes["error"] == []
     assert len({p.name for p in (out / "masks").iterdir()}) == 3  # one mask per image
@@ -147,8 +159,8 @@ def test_closing_the_dock_saves(qtbot, make_napari_viewer, tiny_factory, tmp_pat
     _open(qtbot, w, tmp_path / "in", out)
     labels = w.labels_layer_for("img_00")
     labels.brush_size = 3
-    labels.paint((8, 8), 2)
-    expected = np.array(labels.data, copy=True)
+    labels.paint((8, 8), _value(w, 2))
+    expected = _rows(w, labels.data)
     viewer.window.remove_dock_widget(dock)  # before the auto-save timer fires
     np.testing.assert_array_equal(_mask_file(out, "img_00"), expected)
 
@@ -173,7 +185,7 @@ def test_closing_the_viewer_saves(qtbot, make_napari_viewer, tiny_factory, tmp_p
     _open(qtbot, w, tmp_path / "in", out)
     labels = w.labels_layer_for("img_00")
     labels.brush_size = 3
-    labels.paint((8, 8), 2)
-    expected = np.array(labels.data, copy=True)
+    labels.paint((8, 8), _value(w, 2))
+    expected = _rows(w, labels.data)
     viewer.close()  # File > Close Window, before the auto-save timer fires
     np.testing.assert_array_equal(_mask_file(out, "img_00"), expected)

@@ -16,7 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from _gui_actions import click
-from test_batch import _open, _wait, _write_images
+from test_batch import _open, _rows, _value, _wait, _write_images
 
 from napari_cass.io import read_label_image
 from napari_cass.plugin._batch_session import BatchSession
@@ -77,7 +77,7 @@ def test_hostile_progress_names_write_and_delete_nothing_outside(
     labels = w.batch.labels_layer
     for step in range(3):  # paint, save, move on: every save of the batch
         labels.brush_size = 3
-        labels.paint((4 + step, 4), 1 + step % 2)
+        labels.paint((4 + step, 4), _value(w, 1 + step % 2))
         w.batch_save()
         if step < 2:
             click(qtbot, w.batch_panel.next_btn)
@@ -171,8 +171,8 @@ def test_files_the_batch_did_not_write_are_never_replaced(
     _open(qtbot, w, tmp_path / "in", out)
     labels = w.batch.labels_layer
     labels.brush_size = 3
-    labels.paint((6, 6), 2)
-    painted = np.array(labels.data, copy=True)
+    labels.paint((6, 6), _value(w, 2))
+    painted = _rows(w, labels.data)
     click(qtbot, w.batch_panel.next_btn)
     _wait(qtbot, w)
     w.batch_save()

@@ -299,8 +299,9 @@ class BatchController:
         shape = data.shape[:2]
         classes = self.table.label_classes()
         labels = self.labels_layer
-        values = np.array(mask, copy=True) if mask is not None else np.zeros(shape, np.uint8)
+        values = self._as_values(mask, classes) if mask is not None else np.zeros(shape, np.uint8)
         if labels is not None and labels.data.ndim == values.ndim:
+            self.sync.forget(labels)  # the old image's edit history means nothing for the new one
             labels.data = values
             labels.name = labels_name(image.name)
         else:
@@ -314,11 +315,25 @@ class BatchController:
             layer.visible = True
         self.sync.reset(labels, classes)
         self.sync.decorate(labels, classes, classes.to_meta(image=image.name, resumed=mask is not None))
+        link = getattr(self.sync, "link", None)  # labels follow the image layer itself, not its name
+        if callable(link):
+            link(labels, image)
         self._select_image(image.name)
         self.viewer.reset_view()  # the new image fits the canvas, whatever the last one's size
         self.panel.set_session(session)
         if mask is not None:
             self.viewer.layers.selection.active = labels
+
+    @staticmethod
+    def _as_values(mask: np.ndarray, classes: LabelClasses) -> np.ndarray:
+        """A saved mask (row k = class k of the table) as the layer's label values (class ids)."""
+        to_values = getattr(classes, "rows_to_values", None)
+        if not callable(to_values) or not mask.size or int(mask.max()) >= classes.n_labels:
+            return np.array(mask, copy=True)  # values are rows (or a mask the save will refuse)
+        lut = np.asarray(to_values(np.uint16))
+        if np.array_equal(lut, np.arange(lut.size)):
+            return np.array(mask, copy=True)
+        return lut.astype(np.min_scalar_type(int(lut.max())))[mask]
 
     def show(self) -> bool:
         """Show the current image (or the nearest readable one after it)."""
@@ -355,9 +370,9 @@ class BatchController:
         classes = LabelClasses.from_meta(meta) if meta else self.table.label_classes()
         values = np.asarray(labels.data)
         to_rows = getattr(classes, "to_rows", None)  # label values are class ids: files hold rows
-        if callable(to_rows):
-            values = to_rows(values)
         try:
+            if callable(to_rows):
+                values = to_rows(values)
             session.save_if_changed(np.asarray(image.data), values, classes, index=i)
         except (ValueError, OSError) as err:
             self._say("error", f"Could not save the mask of {session.images[i].name}: {err}")
