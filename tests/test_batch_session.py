@@ -303,3 +303,38 @@ def test_a_run_writing_into_the_folder_blocks_open_and_save(tmp_path: Path) -> N
     assert live_temp.exists() and s.mask_path() is None
     s.save(s.read_image(), np.zeros((32, 40), np.uint8), LabelClasses.from_names(["a"]))
     assert s.mask_path() == tmp_path / "out" / "masks" / "img_00.png"
+
+
+def test_unreadable_image_is_recorded_and_never_saved_under(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "in", 2)
+    good = paths[1].read_bytes()
+    paths[1].write_bytes(good[: len(good) // 3])  # truncated
+    s = BatchSession(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(ValueError, match="Cannot read img_01.png: image file is truncated"):
+        s.read_image(1)
+    assert json.loads((tmp_path / "out" / PROGRESS_FILE).read_text())["failed"] == {
+        "img_01.png": "image file is truncated"}
+    classes = LabelClasses.from_names(["cat"])
+    with pytest.raises(ValueError, match="could not be read.*nothing is saved"):
+        s.save(s.read_image(0), np.zeros((32, 40), np.uint8), classes, index=1)  # another's pixels
+    assert not (tmp_path / "out" / "masks").exists() and not (tmp_path / "out" / "images").exists()
+    again = BatchSession(tmp_path / "in", tmp_path / "out")
+    assert again.failed == {"img_01.png": "image file is truncated"}
+    paths[1].write_bytes(good)  # repaired: the next read clears the record
+    assert again.read_image(1).shape == (32, 40, 3) and again.failed == {}
+    assert json.loads((tmp_path / "out" / PROGRESS_FILE).read_text())["failed"] == {}
+
+
+def test_saved_rows_become_the_tables_label_values() -> None:
+    """A mask file counts rows; a layer whose classes have other ids gets those ids."""
+    from napari_cass.plugin._batch_controller import BatchController
+
+    classes = LabelClasses.from_names(["cat", "dog"])
+    rows = np.array([[0, 1], [2, 1]], np.uint8)
+    np.testing.assert_array_equal(BatchController._as_values(rows, classes), rows)
+    if not hasattr(classes, "rows_to_values"):
+        pytest.skip("class ids are the rows in this version")
+    classes.ids = [0, 6, 300]  # e.g. after classes were removed and added outside the batch
+    values = BatchController._as_values(rows, classes)
+    np.testing.assert_array_equal(values, [[0, 6], [300, 6]])
+    np.testing.assert_array_equal(classes.to_rows(values), rows)
