@@ -56,6 +56,7 @@ def create_app(
     memory_budget: int = 4 * 2**30,
     max_decodes: int = 2,
     body_timeout: float = BODY_IDLE_TIMEOUT,
+    image_idle_seconds: float = 900.0,
 ) -> FastAPI:
     """Build the server application around one loaded ``segmenter``.
 
@@ -83,6 +84,8 @@ def create_app(
         Image decodes at once.
     body_timeout : float
         Seconds a request body may stall before the request is refused (408).
+    image_idle_seconds : float
+        Stored images no request named for this long are dropped (clients that left).
     """
     if token is None and not is_loopback(host):
         raise ValueError(
@@ -99,19 +102,27 @@ def create_app(
             f"A memory budget of {memory_budget / 2**30:.2f} GB is too small: {len(worker.engines)} engine(s) "
             f"need {working / 2**30:.2f} GB of working memory for images of {limits.max_pixels} pixels, and "
             "at least as much must remain for images. Raise --memory-budget-gb or lower --max-pixels.")
-    store = ImageStore(store_images, memory_budget - working)
+    store = ImageStore(store_images, memory_budget - working, idle_seconds=image_idle_seconds)
     decodes = DecodeGate(max_decodes, max_waiting=max_queue)
     stopping = threading.Event()
     jobs: dict[str, Job] = {}
+
+    async def expire_idle_images() -> None:
+        while True:
+            await asyncio.sleep(min(30.0, store.idle_seconds / 4))
+            if n := store.expire():
+                log.info("Dropped %d image(s) no request named for %g s.", n, store.idle_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stopping.clear()
         worker.start()
+        expiry = asyncio.create_task(expire_idle_images())
         try:
             yield
         finally:
             stopping.set()
+            expiry.cancel()
             await run_in_threadpool(worker.stop)
 
     app = FastAPI(title="napari-cass", version=__version__, lifespan=lifespan, docs_url=None,
@@ -191,7 +202,7 @@ def create_app(
                 peak = decoded_peak_bytes(body, ctype, encoding, limits)
                 try:
                     async with decodes.slot():
-                        held.grow(peak)  # counted before a byte of it is allocated
+                        await decodes.reserve(held, peak)  # counted before a byte of it is allocated
                         image = await run_in_threadpool(decode_payload, body, ctype, encoding, key, limits)
                 except DecodeQueueFull as exc:
                     raise busy(str(exc)) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 
@@ -41,13 +42,18 @@ class ImageStore:
     budget : int
         Bytes that bodies being read, images being decoded, stored images and images
         pinned by jobs may hold together.
+    idle_seconds : float
+        An image no request has named for this long is dropped (:meth:`expire`), so
+        the memory of clients that went away returns without waiting for new uploads.
     """
 
-    def __init__(self, max_images: int = 64, budget: int = 4 * 2**30):
+    def __init__(self, max_images: int = 64, budget: int = 4 * 2**30, idle_seconds: float = 900.0):
         if budget < 1 or max_images < 1:
             raise ValueError("The image store needs a positive image count and byte budget.")
         self.max_images = int(max_images)
         self.budget = int(budget)
+        self.idle_seconds = float(idle_seconds)
+        self._used_at: dict[str, float] = {}
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pins: dict[str, list] = {}  # key -> [array, number of jobs]
         self._charged: dict[str, int] = {}  # key -> bytes counted, while stored or pinned
@@ -89,6 +95,7 @@ class ImageStore:
             arr = self._lru.get(key)
             if arr is not None:
                 self._lru.move_to_end(key)
+                self._used_at[key] = time.monotonic()
             return arr
 
     def put(self, key: str, image: np.ndarray, held: Reservation) -> np.ndarray:
@@ -98,6 +105,7 @@ class ImageStore:
         """
         image.flags.writeable = False  # shared by every job that names this key
         with self._lock:
+            self._used_at[key] = time.monotonic()
             if key in self._lru:
                 self._lru.move_to_end(key)
                 return self._lru[key]
@@ -120,6 +128,7 @@ class ImageStore:
             if arr is None:
                 return None
             self._lru.move_to_end(key)
+            self._used_at[key] = time.monotonic()
             entry = self._pins.setdefault(key, [arr, 0])
             entry[1] += 1
             return arr
@@ -134,16 +143,31 @@ class ImageStore:
                 del self._pins[key]
                 if key not in self._lru:
                     self._used -= self._charged.pop(key)
+                    self._used_at.pop(key, None)
+
+    def expire(self) -> int:
+        """Drop images no request named for ``idle_seconds``; returns how many."""
+        cutoff = time.monotonic() - self.idle_seconds
+        with self._lock:
+            old = [k for k in self._lru if self._used_at.get(k, 0.0) < cutoff]
+            for key in old:
+                self._drop(key)
+            return len(old)
 
     def _evict_one(self, idle_only: bool) -> bool:
         """Drop the least recently used image (one no job pins, if ``idle_only``); under the lock."""
         victim = next((k for k in self._lru if not (idle_only and k in self._pins)), None)
         if victim is None:
             return False
-        del self._lru[victim]
-        if victim not in self._pins:
-            self._used -= self._charged.pop(victim)
+        self._drop(victim)
         return True
+
+    def _drop(self, key: str) -> None:
+        """Out of the store; its bytes stay counted while a job pins it. Under the lock."""
+        del self._lru[key]
+        if key not in self._pins:
+            self._used -= self._charged.pop(key)
+            self._used_at.pop(key, None)
 
     def stats(self) -> dict:
         with self._lock:
@@ -193,6 +217,7 @@ class DecodeGate:
             raise ValueError("At least one image decode must be allowed at a time.")
         self.slots, self.max_waiting = int(slots), int(max_waiting)
         self.waiting = 0
+        self.active = 0  # decodes holding a slot
         self._sem = None
 
     @asynccontextmanager
@@ -207,10 +232,26 @@ class DecodeGate:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
+        self.active += 1
         try:
             yield
         finally:
+            self.active -= 1
             self._sem.release()
+
+    async def reserve(self, held: Reservation, nbytes: int, patience: float = 60.0) -> None:
+        """``held.grow(nbytes)`` from inside a slot, waiting (up to ``patience`` s) while other
+        decodes in flight hold the memory it needs: those are released within seconds,
+        unlike images that queued jobs pin, for which :class:`BudgetFull` is raised at once."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + patience
+        while True:
+            try:
+                return held.grow(nbytes)
+            except BudgetFull:
+                if self.active <= 1 or loop.time() > end:
+                    raise
+            await asyncio.sleep(0.05)
 
 
 class DecodeQueueFull(RuntimeError):

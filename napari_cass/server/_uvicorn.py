@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 __all__ = ["ConnectionGuard", "QuietPolls", "default_max_connections", "make_server"]
 
@@ -29,9 +29,10 @@ log = logging.getLogger("napari_cass.server")
 
 #: Seconds a connection may take to send a complete request head.
 HEADER_TIMEOUT = 10.0
-#: Connections the listening socket queues before uvicorn accepts them (also how many
-#: asyncio may accept in one go, so it is kept free below the descriptor limit).
-BACKLOG = 64
+#: Connections the listening socket queues before uvicorn accepts them. asyncio accepts
+#: up to this many in one go, and a connection reaches the guard two loop turns after
+#: its accept, so three times this many descriptors are kept free below the limit.
+BACKLOG = 32
 
 
 def default_max_connections(cap: int = 1000) -> int:
@@ -48,7 +49,7 @@ def default_max_connections(cap: int = 1000) -> int:
         used = len(os.listdir("/proc/self/fd"))
     except OSError:
         used = 64
-    return max(8, min(cap, soft - used - BACKLOG - 32))
+    return max(8, min(cap, soft - used - 3 * BACKLOG - 16))
 
 
 class ConnectionGuard:
@@ -60,6 +61,7 @@ class ConnectionGuard:
         self.max_connections = int(max_connections)
         self.header_timeout = float(header_timeout)
         self.open: set = set()
+        self._pending: deque[float] = deque()  # accepted, connection_made not yet run (TLS may never)
         self._waiting: OrderedDict = OrderedDict()  # connection -> timer; oldest first
         self.closed_slow = 0  # closed at the head deadline
         self.closed_shed = 0  # closed to make room for a new connection
@@ -72,6 +74,10 @@ class ConnectionGuard:
         guard = self
 
         class GuardedH11Protocol(H11Protocol):
+            def __init__(self, *args, **kwargs) -> None:
+                guard.accepted()  # one loop turn before connection_made: shed early
+                super().__init__(*args, **kwargs)
+
             def connection_made(self, transport) -> None:
                 super().connection_made(transport)
                 guard.opened(self)
@@ -91,7 +97,19 @@ class ConnectionGuard:
         return GuardedH11Protocol
 
     # ------------------------------------------------------------------ events
+    def accepted(self) -> None:
+        """A connection was accepted (its protocol is being built): make room for it now."""
+        now = time.monotonic()
+        while self._pending and self._pending[0] < now - self.header_timeout:
+            self._pending.popleft()  # a TLS handshake that failed never reaches connection_made
+        self._pending.append(now)
+        while len(self.open) + len(self._pending) > self.max_connections and self._waiting:
+            self.closed_shed += 1
+            self._close(next(iter(self._waiting)))
+
     def opened(self, conn) -> None:
+        if self._pending:
+            self._pending.popleft()
         self.open.add(conn)
         self._arm(conn)
         while len(self.open) > self.max_connections:
