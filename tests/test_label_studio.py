@@ -231,6 +231,63 @@ def test_convert_round_trips(tmp_path, cli_builds, capsys):
     assert "exist" in capsys.readouterr().err
 
 
+def test_serve_command_flags(tmp_path, stack):
+    """``napari-cass serve --label-studio URL --label-studio-token-file F`` as a user runs it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from napari_cass import cli
+    from napari_cass.server import TokenError
+
+    parse = cli.build_parser().parse_args
+    (tmp_path / "open").write_text(LS_TOKEN)
+    (tmp_path / "open").chmod(0o644)
+    with pytest.raises(TokenError, match="chmod 600"):
+        label_studio_from_args(parse(["serve", "--label-studio", stack["ls"].url,
+                                      "--label-studio-token-file", str(tmp_path / "open")]))
+    with pytest.raises(ValueError, match="needs --label-studio"):
+        label_studio_from_args(parse(["serve", "--label-studio-background", "sky"]))
+    with pytest.raises(ValueError, match="http"):
+        label_studio_from_args(parse(["serve", "--label-studio", "ftp://x"]))
+    assert label_studio_from_args(parse(["serve"])) is None
+    token = tmp_path / "ls-token"
+    token.write_text(LS_TOKEN + "\n")
+    token.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = ("import argparse, sys\n"
+              "from napari_cass.server._cli import add_serve_parser\n"
+              "from test_server_support import tiny_segmenter\n"
+              "p = argparse.ArgumentParser(); add_serve_parser(p.add_subparsers())\n"
+              "args = p.parse_args(sys.argv[1:])\n"
+              "sys.exit(args.func(args, segmenter=tiny_segmenter()))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--port", str(port), "--log-level", "warning",
+                             "--label-studio", stack["ls"].url, "--label-studio-token-file", str(token),
+                             "--label-studio-background", "wall"],
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)}, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        url, end, r = f"http://127.0.0.1:{port}", time.monotonic() + 120, None
+        while proc.poll() is None and time.monotonic() < end:
+            try:
+                r = httpx.post(url + "/predict", json=_predict_body([_task(1, "1a2b3c4d-coffee.png")]), timeout=60)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert proc.poll() is None and r is not None and r.status_code == 200, r and r.text
+        assert r.json()["results"][0]["result"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"Label Studio ML backend on, images from {stack['ls'].url}/" in err
+
+
 # --------------------------------------------------------------------------- a real Label Studio
 def _label_studio_executable() -> str:
     import os
