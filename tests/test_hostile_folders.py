@@ -25,10 +25,23 @@ from napari_cass import cli
 from napari_cass.evaluation import _cli as eval_cli
 from napari_cass.io import OutputConflictError, RunLock, printable
 
-from test_eval_cli import FakeSegmenter, make_voc
+from test_eval_cli import FakeSegmenter
 
 CLEAR_SCREEN = "\x1b[2J"
 posix_only = pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+
+
+def make_voc(base: Path, n: int) -> None:
+    """A tiny PASCAL VOC 2012 layout (real JPEG images, PNG masks)."""
+    voc = base / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = [f"2007_{k:06d}" for k in range(n)]
+    for image_id in ids:
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        Image.fromarray(rng.integers(0, 21, (24, 32)).astype(np.uint8)).save(voc / "SegmentationClass" / f"{image_id}.png")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
 
 
 def _images(folder: Path, names: list[str]) -> None:
@@ -146,6 +159,29 @@ def test_eval_cache_append_never_follows_a_link(tmp_path, fake_eval, capsys) -> 
     assert _eval(tmp_path) == 2
     assert f"{cache} is not a regular file" in capsys.readouterr().err
     _victim_intact(tmp_path, files)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_eval_stopped_by_sigterm_keeps_its_cache_and_removes_its_lock(tmp_path, monkeypatch, capsys) -> None:
+    make_voc(tmp_path / "data", n=3)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    seg = FakeSegmenter()
+    segment = seg.segment
+
+    def segment_then_terminated(*args, **kwargs):
+        result = segment(*args, **kwargs)
+        if seg.calls == 2:  # a scheduler's time limit, during the second image
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    seg.segment = segment_then_terminated
+    monkeypatch.setattr(eval_cli, "_build_segmenter", lambda args: seg)
+    assert _eval(tmp_path) == 130
+    assert "interrupted: finished images are cached" in capsys.readouterr().err
+    run_dir = _run_dir(tmp_path)
+    assert not (run_dir / ".napari-cass.lock").exists()
+    assert len((run_dir / "per_image.jsonl").read_text().splitlines()) == 1
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # eval's own handler is gone again
 
 
 # ------------------------------------------------------------------------------ CLI and lock
