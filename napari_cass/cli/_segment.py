@@ -44,6 +44,8 @@ made with other classes or settings, or results older than their image, are refu
 (--overwrite replaces them).
 Images above --max-pixels (default 100 megapixels, or $NAPARI_CASS_MAX_PIXELS) are
 refused before decoding.
+Progress goes to stderr: a bar (images done, the current stage, time left) on a terminal,
+a plain line at most every 30 s elsewhere (a log file, a batch job).
 """
 
 
@@ -64,6 +66,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     seg.add_argument("--background", help='words for the background class (class 0), e.g. "sky, wall"')
     seg.add_argument("--method", default="cass", choices=METHOD_CHOICES, help="default: cass")
     seg.add_argument("--preset", default="interactive", choices=PRESET_CHOICES, help="default: interactive")
+    seg.add_argument("--refine", default=None, choices=("pamr", "none"),
+                     help="boundary refinement before the labels: pamr (PAMR, as in the authors' code; "
+                          "sharper edges, slower on a CPU) or none (default: the preset's, none)")
     seg.add_argument("--clip", default="ViT-B-16", choices=CLIP_CHOICES, help="default: ViT-B-16")
     seg.add_argument("--vfm", default="dino_vitb8", choices=VFM_CHOICES, help="default: dino_vitb8")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
@@ -112,8 +117,16 @@ def build_segmenter(args: argparse.Namespace) -> Any:
         return Segmenter.from_pretrained(
             clip=args.clip, clip_weights="random" if random else "openai",
             vfm=args.vfm, vfm_weights="random" if random else "pretrained",
-            method=args.method, preset=args.preset, device=args.device, **kwargs,
+            method=args.method, preset=args.preset, device=args.device, refine=refine_setting(args), **kwargs,
         )
+
+
+def refine_setting(args: argparse.Namespace) -> str:
+    """``--refine``, else the preset's refinement: ``"pamr"`` or ``"none"``."""
+    from ..engine import get_preset
+
+    refine = getattr(args, "refine", None)
+    return refine if refine is not None else get_preset(args.preset).refine
 
 
 def run_settings(args: argparse.Namespace, segmenter: Any = None) -> dict[str, Any]:
@@ -124,16 +137,18 @@ def run_settings(args: argparse.Namespace, segmenter: Any = None) -> dict[str, A
     same keys as a local run's, so a folder resumes only with the same models whichever
     machine ran them (a server restarted with other weights, or a local folder continued on
     a server with other models, is refused). The server's URL is not compared: the same
-    server under another name resumes.
+    server under another name resumes. ``"refine": "pamr"`` is recorded when boundary
+    refinement is on (absent means none, as in folders made before it existed).
     """
+    refine = {"refine": "pamr"} if refine_setting(args) == "pamr" else {}
     if getattr(args, "server", None):
         if segmenter is None:
             raise ValueError("run_settings needs the connected server client for --server runs.")
         models = dict(getattr(segmenter, "model_names", {}) or {})
         return {"method": args.method, "preset": args.preset, "clip": models.get("clip"),
-                "vfm": models.get("vfm"), "random_weights": models.get("clip_weights") == "random"}
+                "vfm": models.get("vfm"), "random_weights": models.get("clip_weights") == "random", **refine}
     return {"method": args.method, "preset": args.preset, "clip": args.clip, "vfm": args.vfm,
-            "random_weights": bool(args.random_weights)}
+            "random_weights": bool(args.random_weights), **refine}
 
 
 def run_description(args: argparse.Namespace, segmenter: Any) -> dict[str, Any]:
@@ -281,7 +296,7 @@ def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pix
             progress.start_item(item.source.name)
             try:
                 image = read_image(item.source, max_pixels=max_pixels or 0)
-                result = segmenter.segment(image, prompts, progress=progress.stage)
+                result = segmenter.segment(image, prompts, progress=progress.stage, refine=refine_setting(args))
             except Exception as exc:  # a bad image must not stop the run
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failures.append((item.source, reason))
