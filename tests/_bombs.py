@@ -96,3 +96,41 @@ def tiff_file(path: Path, width: int, height: int, data: bytes, *, samples: int 
     ifd += struct.pack("<I", 0)
     path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + bytes(extra) + data)
     return path
+
+
+def zeros_raw_deflated(n: int) -> bytes:
+    """A raw deflate stream (no zlib header) of ``n`` zero bytes, ``n`` a multiple of 16 MiB."""
+    assert n % _BLOCK == 0
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(bytes(_BLOCK)) + raw.flush(zlib.Z_FULL_FLUSH)
+    return block * (n // _BLOCK) + raw.flush()
+
+
+def zip_with_deflated_record(source: Path, target: Path, suffix: str, n: int) -> Path:
+    """Copy the zip ``source`` to ``target``; the record ending in ``suffix`` becomes ``n`` deflated zeros.
+
+    Written by hand (zipfile would have to compress the gigabyte itself): local headers,
+    data, central directory, end record. The other records are stored as they were.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    crc = 0
+    for _ in range(n // _BLOCK):
+        crc = zlib.crc32(bytes(_BLOCK), crc)
+    body, central = bytearray(), bytearray()
+    for name, data in records:
+        raw_name = name.encode("utf-8")
+        if name.endswith(suffix):
+            method, payload, size, check = 8, zeros_raw_deflated(n), n, crc
+        else:
+            method, payload, size, check = 0, data, len(data), zlib.crc32(data)
+        offset = len(body)
+        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, check, len(payload), size,
+                            len(raw_name), 0) + raw_name + payload
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, check, len(payload),
+                               size, len(raw_name), 0, 0, 0, 0, 0, offset) + raw_name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records), len(central), len(body), 0)
+    target.write_bytes(bytes(body) + bytes(central) + end)
+    return target

@@ -3,6 +3,7 @@
 - :mod:`._models`: the models napari-cass builds and where their weights come from.
 - :mod:`._places`: our cache folder (``$NAPARI_CASS_CACHE``) and the Hugging Face cache.
 - :mod:`._files`: one file to a state dict; safetensors or ``torch.load(weights_only=True)``.
+- :mod:`._archive`: a checkpoint's zip records checked against the model before anything inflates.
 - :mod:`._torchscript`: OpenAI's TorchScript CLIP releases, allowed by SHA-256, read as data.
 - :mod:`._hub`: one quick probe of the Hub, then quiet downloads.
 - :mod:`._messages`: one message naming every missing model.

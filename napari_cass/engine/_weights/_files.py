@@ -2,12 +2,17 @@
 
 Every file is read as safetensors or with ``torch.load(weights_only=True)``;
 TorchScript archives only when they are one of OpenAI's CLIP releases (see
-:mod:`._torchscript`). The tensors are checked before anyone uses them: a
-mapping of names to tensors, all finite.
+:mod:`._torchscript`). Each file is opened once: a checkpoint's zip records are
+checked against the model (:mod:`._archive`) on the handle ``torch.load`` then reads,
+and a TorchScript archive is hashed and parsed from one in-memory copy, so a file
+swapped in between is never what gets read. The tensors are checked before anyone
+uses them: a mapping of names to tensors, all finite.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from collections.abc import Mapping
@@ -16,8 +21,9 @@ from typing import Any
 
 import torch
 
+from ._archive import check_checkpoint_records
 from ._models import WEIGHT_SUFFIXES
-from ._torchscript import (OPENAI_CLIP_SHA256, file_sha256, is_torchscript_archive,
+from ._torchscript import (MAX_TORCHSCRIPT_BYTES, OPENAI_CLIP_SHA256, is_torchscript_archive,
                            read_torchscript_weights, refusal_message)
 
 __all__ = ["check_finite", "load_state_dict_file", "not_a_file_message"]
@@ -44,29 +50,54 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file ({exc}).") from exc
 
 
+def _read_once(path: Path, limit: int) -> bytes:
+    """The file's bytes from one open, refusing files above ``limit`` bytes without reading them."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise ValueError(
+            f"{path} is a TorchScript archive of {max(size, len(data)) / 1e6:,.0f} MB, larger than "
+            f"any of OpenAI's CLIP releases ({limit / 1e6:,.0f} MB at most); napari-cass reads "
+            "TorchScript only for those. Download the weights as .safetensors from the model's "
+            "Hugging Face page."
+        )
+    return data
+
+
 def _read_torchscript(path: Path, model: str | None) -> dict[str, torch.Tensor]:
-    sha256 = file_sha256(path)
+    # Hash and parse the same bytes: a file renamed over this one in between is never read.
+    data = _read_once(path, MAX_TORCHSCRIPT_BYTES)
+    sha256 = hashlib.sha256(data).hexdigest()
     release = OPENAI_CLIP_SHA256.get(sha256)
     if release is None:
         raise ValueError(refusal_message(path, sha256))
     if model is not None and release != model:
         raise ValueError(f"{path} is OpenAI's {release} release, not {model}; "
                          f"use it with --model {release}.")
-    return read_torchscript_weights(path)
+    return read_torchscript_weights(io.BytesIO(data), name=str(path))
 
 
-def _read_weights_only(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} could not be read as a weights-only PyTorch checkpoint ({str(exc).splitlines()[0]}). "
-            "napari-cass never unpickles arbitrary objects (they can run code). Save just the "
-            "weights where the file was made, with torch.save(model.state_dict(), path) or "
-            "safetensors.torch.save_file(model.state_dict(), path), and use that file."
-        ) from exc
+def _read_weights_only(path: Path, expected_bytes: int | None) -> Any:
+    with open(path, "rb") as handle:  # one open: the records checked are the records loaded
+        check_checkpoint_records(handle, path, expected_bytes)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise _not_weights_only(path, exc) from exc
+
+
+def _not_weights_only(path: Path, exc: Exception) -> ValueError:
+    """What to say when ``torch.load(weights_only=True)`` refuses a file."""
+    why = (str(exc) or type(exc).__name__).splitlines()[0]
+    return ValueError(
+        f"{path} could not be read as a weights-only PyTorch checkpoint ({why}). "
+        "napari-cass never unpickles arbitrary objects (they can run code). Save just the "
+        "weights where the file was made, with torch.save(model.state_dict(), path) or "
+        "safetensors.torch.save_file(model.state_dict(), path), and use that file."
+    )
 
 
 def _unwrap(data: Any) -> Any:
@@ -100,7 +131,7 @@ def check_finite(path: Path, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = None,
-                         finite: bool = True) -> dict[str, torch.Tensor]:
+                         finite: bool = True, expected_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Read a weights file without executing any of its code; unwrap checkpoint containers.
 
     Parameters
@@ -115,6 +146,9 @@ def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = No
     finite : bool
         Refuse NaN / infinite values (callers that first drop entries the model does
         not use, such as a causal ``attn_mask`` of -inf, check afterwards).
+    expected_bytes : int, optional
+        Bytes of the model's own tensors: a checkpoint's zip records are checked against
+        it before anything is inflated (see :mod:`._archive`).
 
     Returns
     -------
@@ -139,7 +173,7 @@ def load_state_dict_file(path: str | os.PathLike[str], *, model: str | None = No
     elif is_torchscript_archive(p):
         data = _read_torchscript(p, model)
     else:
-        data = _unwrap(_read_weights_only(p))
+        data = _unwrap(_read_weights_only(p, expected_bytes))
     if not isinstance(data, Mapping) or not data:
         raise ValueError(f"{p} holds no weights (expected a mapping of parameter names to tensors).")
     bad = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import _hub
+from ._archive import tensor_bytes
 from ._files import check_finite, load_state_dict_file, not_a_file_message
 from ._messages import WeightsNotFoundError, missing_weights_message
 from ._models import (CLIP_MODELS, VFM_MODELS, WEIGHT_SUFFIXES, ModelSpec, ProgressCallback,
@@ -90,8 +91,10 @@ def _normalize(state: dict[str, torch.Tensor], model: nn.Module, spec_name: str,
 
 
 def _load_checked(path: Path, spec: ModelSpec, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    state = load_state_dict_file(path, model=spec.name, finite=False)  # checked once mapped
-    return _normalize(state, model or spec.factory(), spec.name, path)
+    model = model or spec.factory()  # first: its size bounds what the file may inflate to
+    state = load_state_dict_file(path, model=spec.name, finite=False,  # finite: checked once mapped
+                                 expected_bytes=tensor_bytes(model))
+    return _normalize(state, model, spec.name, path)
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], target: Path, spec: ModelSpec,

@@ -22,11 +22,12 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 __all__ = [
+    "MAX_TORCHSCRIPT_BYTES",
     "OPENAI_CLIP_SHA256",
     "file_sha256",
     "is_torchscript_archive",
@@ -49,6 +50,8 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
+#: Largest TorchScript file read (OpenAI's largest CLIP release, ViT-L-14, is 890 MB).
+MAX_TORCHSCRIPT_BYTES = 1 << 30
 _MAX_CODE_BYTES = 4 << 20  # class declarations bigger than this are not parsed
 _MAX_DEPTH = 64
 
@@ -93,6 +96,7 @@ class _ScriptObject:
     """Inert stand-in for an instance of a TorchScript class: it only holds its pickled state."""
 
     torch_type = "__torch__"
+    state: Any = None  # also for instances made by NEWOBJ, which skips __init__
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE on the class: build nothing
         self.state: Any = None
@@ -241,14 +245,21 @@ def _collect(obj: _ScriptObject, prefix: str, declared: dict[str, set[str] | Non
             _collect(value, f"{prefix}{key}.", declared, out, seen, depth + 1)
 
 
-def read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
+class _Refused(ValueError):
+    """A readable archive napari-cass does not take (said as is, not as a parse error)."""
+
+
+def read_torchscript_weights(path: Path | BinaryIO, name: str | None = None) -> dict[str, torch.Tensor]:
     """The parameters and buffers of a TorchScript archive, read without executing anything.
 
     Parameters
     ----------
-    path : Path
+    path : Path or binary file
         A TorchScript ``.pt`` archive (``torch.jit.save`` layout: ``<name>/data.pkl``,
-        ``<name>/data/<key>``, ``<name>/code/...``).
+        ``<name>/data/<key>``, ``<name>/code/...``), or its bytes in an open file (what
+        :func:`load_state_dict_file` hashed, so that the bytes checked are the bytes read).
+    name : str, optional
+        The file's name in messages (default: ``path``).
 
     Returns
     -------
@@ -258,29 +269,34 @@ def read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
     Raises
     ------
     ValueError
-        When the archive refers to anything but tensors and TorchScript classes, or
-        is not laid out as expected.
+        When the archive refers to anything but tensors and TorchScript classes, is
+        not laid out as expected, or its pickle is malformed (an unknown opcode, a
+        missing mark: anything the restricted unpickler cannot follow).
     """
+    name = str(path) if name is None else name
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") <= 1]
             if len(pickles) != 1:
-                raise ValueError(f"{path} is not a TorchScript archive napari-cass can read "
-                                 f"(expected one data.pkl, found {len(pickles)}).")
+                raise _Refused(f"{name} is not a TorchScript archive napari-cass can read "
+                               f"(expected one data.pkl, found {len(pickles)}).")
             prefix = pickles[0][: -len("data.pkl")]
             order = archive.read(f"{prefix}byteorder").decode().strip() \
                 if f"{prefix}byteorder" in archive.namelist() else "little"
             if order != "little":
-                raise ValueError(f"{path} was saved on a {order}-endian machine; convert it to "
-                                 "safetensors there.")
+                raise _Refused(f"{name} was saved on a {order}-endian machine; convert it to "
+                               "safetensors there.")
             unpickler = _Unpickler(archive.read(pickles[0]), archive, prefix)
             root = unpickler.load()
             if not isinstance(root, _ScriptObject):
-                raise ValueError(f"{path} does not hold a TorchScript module.")
+                raise _Refused(f"{name} does not hold a TorchScript module.")
             declared = {t: _declared_tensors(archive, prefix, t) for t in unpickler.types}
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, AttributeError, TypeError,
-            IndexError, RuntimeError) as exc:
-        raise ValueError(f"{path} could not be read as a TorchScript weights archive: {exc}; "
+    except _Refused:
+        raise
+    except Exception as exc:  # a malformed pickle fails in many ways (an unknown opcode: KeyError)
+        why = str(exc) if isinstance(exc, pickle.UnpicklingError) else \
+            f"the data are malformed ({type(exc).__name__}: {exc})"
+        raise ValueError(f"{name} could not be read as a TorchScript weights archive: {why}; "
                          "refusing it.") from exc
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", declared, out, set(), 0)
