@@ -126,6 +126,9 @@ class BatchController:
         if not image_dir or not output_dir:
             self._say("error", "Choose both an image folder and an output folder for batch mode.")
             return False
+        if self._is_running():
+            self._say("info", "Wait for the segmentation to finish (or cancel it) before opening a batch.")
+            return False
         self._timer.stop()
         if self.session is not None:  # another folder opened in the same dock: keep its edits
             self.save(quiet=True)

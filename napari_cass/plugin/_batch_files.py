@@ -33,8 +33,10 @@ __all__ = [
     "check_labels",
     "digest",
     "existing_stems",
+    "match_recorded",
     "read_progress",
     "read_progress_doc",
+    "refuse_existing",
     "short_reason",
     "target_path",
     "update_classes",
@@ -114,11 +116,13 @@ def check_folders(image_dir: Path, output_dir: Path, images: list[Path]) -> None
     """
     for sub in SUBFOLDERS:
         check_subfolder(output_dir, sub)
-    real = output_dir.resolve()
+    real, real_in = output_dir.resolve(), image_dir.resolve()
+    # a plain file of the image folder is where the folder is; only links need resolving
+    where = [(p, p.resolve() if p.is_symlink() else real_in / p.name) for p in images]
     for sub in SUBFOLDERS:
         folder = real / sub
-        clash = next((p for p in images if _inside(p.resolve(), folder)), None)
-        if clash is None and _inside(image_dir.resolve(), folder):
+        clash = next((p for p, rp in where if _inside(rp, folder)), None)
+        if clash is None and _inside(real_in, folder):
             clash = image_dir
         if clash is not None:
             raise ValueError(
@@ -294,3 +298,34 @@ def update_classes(path: Path, classes: LabelClasses) -> Path | None:
         extra = {k: v for k, v in doc.items() if k not in ("format", "classes")}
     return write_classes_json(path, classes.names, classes.colors, classes.synonyms,
                               overwrite=True, extra=extra or None)
+
+
+def match_recorded(records: dict[str, str], names: list[str]) -> dict[str, str]:
+    """Re-key ``records`` whose image now has another Unicode spelling (NFD <-> NFC), in place.
+
+    Returns the renames ``{recorded name: name in the folder}``.
+    """
+    present = set(names)
+    orphans: dict[str, str] = {}
+    for name in records:
+        if name not in present:
+            orphans.setdefault(name_key(name), name)
+    renamed = {}
+    for name in names:
+        if name in records:
+            continue
+        old = orphans.pop(name_key(name), None)
+        if old is not None:
+            records[name] = records.pop(old)
+            renamed[old] = name
+    return renamed
+
+
+def refuse_existing(name: str, paths: list[Path]) -> None:
+    """Refuse to replace files of an image the batch has not saved yet (it did not write them)."""
+    for p in paths:
+        if p.exists():
+            raise ValueError(
+                f"{p} exists, but this batch did not write it ({name} is not saved in "
+                "progress.json): it is left as it is. Move it away, or choose another output folder."
+            )
