@@ -37,9 +37,10 @@ from ._batch_files import (
     check_labels,
     digest,
     existing_stems,
-    name_key,
+    match_recorded,
     read_progress,
     read_progress_doc,
+    refuse_existing,
     short_reason,
     target_path,
     update_classes,
@@ -111,7 +112,7 @@ class BatchSession:
         data = self._read_progress()  # first: refuses another batch's folder
         self.removed_temp_files = self._remove_temp_files()
         recorded = dict(self._mask_names)
-        renamed = self._match_recorded()
+        renamed = match_recorded(self._mask_names, [p.name for p in self.images])
         self._restore_position(data, renamed)
         self.stems = self._assign_new_stems()
         if self._mask_names != recorded:
@@ -139,26 +140,6 @@ class BatchSession:
         if isinstance(failed, dict):
             self.failed = {str(k): str(v)[:200] for k, v in failed.items()}
         return data
-
-    def _match_recorded(self) -> dict[str, str]:
-        """Re-key records whose image now has another Unicode spelling (NFD <-> NFC).
-
-        Returns the renames ``{recorded name: name in the folder}``.
-        """
-        present = {p.name for p in self.images}
-        orphans: dict[str, str] = {}
-        for name in self._mask_names:
-            if name not in present:
-                orphans.setdefault(name_key(name), name)
-        renamed = {}
-        for p in self.images:
-            if p.name in self._mask_names:
-                continue
-            old = orphans.pop(name_key(p.name), None)
-            if old is not None:
-                self._mask_names[p.name] = self._mask_names.pop(old)
-                renamed[old] = p.name
-        return renamed
 
     def _restore_position(self, data: dict[str, Any], renamed: dict[str, str]) -> None:
         names = [p.name for p in self.images]
@@ -350,13 +331,8 @@ class BatchSession:
         }
         with RunLock(out):  # OutputConflictError while a CLI run writes here
             if name not in self.saved:  # never replace a file this batch did not write
-                for p in (paths["image"], paths["mask"],
-                          *(target_path(out, "masks", f"{stem}{s}") for s in _MASK_SUFFIXES)):
-                    if p.exists():
-                        raise ValueError(
-                            f"{p} exists, but this batch did not write it ({name} is not saved "
-                            "in progress.json): it is left as it is. Move it away, or choose "
-                            "another output folder.")
+                refuse_existing(name, [paths["image"], *(target_path(out, "masks", f"{stem}{s}")
+                                                         for s in _MASK_SUFFIXES)])
             return self._write_item(i, image, lab, classes, paths, force)
 
     def _write_item(self, i: int, image: np.ndarray, lab: np.ndarray, classes: LabelClasses,
