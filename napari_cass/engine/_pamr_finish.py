@@ -78,10 +78,15 @@ def guide_for(image, resized: tuple[int, int], size: tuple[int, int], reference_
     return resized_guide(small, tuple(size))
 
 
-def refine_tile_size(pamr: Pamr, elements: int | None = None) -> int:
-    """Core side of a tile so that a grown tile stays within ``elements`` floats."""
-    side = math.isqrt(max(1, int(elements or PAMR_ELEMENTS) // _PER_PIXEL))
-    return max(_MIN_CORE, side - 2 * pamr.halo)
+def refine_tile_size(pamr: Pamr, elements: int | None = None, size: tuple[int, int] | None = None) -> int:
+    """Core side of a tile so that a grown tile stays within ``elements`` floats.
+
+    An image of ``size`` that fits whole is one tile (no halo to pay for).
+    """
+    budget = max(1, int(elements or PAMR_ELEMENTS) // _PER_PIXEL)
+    if size is not None and int(size[0]) * int(size[1]) <= budget:
+        return max(int(size[0]), int(size[1]))
+    return max(_MIN_CORE, math.isqrt(budget) - 2 * pamr.halo)
 
 
 def finish_refined(
@@ -103,7 +108,7 @@ def finish_refined(
     ``logits`` are the ``(h, w, Q)`` low-resolution logits (channels last), ``groups``
     the query range of each class, ``probs`` a ``(classes, ceil(H / s), ceil(W / s))``
     array to fill with the class probabilities at stride ``s``. ``on_tile(done, tiles)``
-    is called after every tile: it reports progress and may raise to cancel.
+    is called before and after every tile: it reports progress and may raise to cancel.
     """
     device = logits.device
     h0, w0 = (int(s) for s in size)
@@ -115,8 +120,10 @@ def finish_refined(
     cols_all = bilinear_taps(w0, logits.shape[1], device)
     labels = np.empty((h0, w0), np.int32)
     confidence = np.empty((h0, w0), np.float32)
-    layout = list(tiles(h0, w0, refine_tile_size(pamr, elements), pamr.halo))
+    layout = list(tiles(h0, w0, refine_tile_size(pamr, elements, (h0, w0)), pamr.halo))
     for i, ((y0, y1, x0, x1), (a0, a1, b0, b1)) in enumerate(layout):
+        if on_tile is not None:
+            on_tile(i, len(layout))  # a cancel check before each tile's work
         aff = pamr_affinity(guide(a0, a1, b0, b1), pamr.dilations)
         rows = tuple(t[a0:a1] for t in rows_all)
         cols = tuple(t[b0:b1] for t in cols_all)
