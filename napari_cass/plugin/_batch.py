@@ -7,7 +7,10 @@ The Qt-free :class:`BatchSession` (listing, saving, ``progress.json``) lives in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -21,7 +24,45 @@ from qtpy.QtWidgets import (
 
 from ._batch_session import IMAGE_SUFFIXES, PROGRESS_FILE, BatchSession
 
-__all__ = ["IMAGE_SUFFIXES", "PROGRESS_FILE", "BatchPanel", "BatchSession"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PROGRESS_FILE",
+    "BatchPanel",
+    "BatchSession",
+    "remember_folders",
+    "remembered_folders",
+]
+
+_FOLDERS_FILE = "batch.json"  # the last folders used, next to the widget settings
+
+
+def _folders_file() -> Path:
+    from ._settings import settings_path
+
+    return settings_path().parent / _FOLDERS_FILE
+
+
+def remembered_folders() -> dict[str, str]:
+    """The image and output folders of the last batch opened (empty if none or unreadable)."""
+    try:
+        data = json.loads(_folders_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k in ("image_dir", "output_dir") if isinstance(v := data.get(k), str)}
+
+
+def remember_folders(image_dir: Path, output_dir: Path) -> None:
+    """Keep the folders for the next napari session (a convenience: failures are ignored)."""
+    from napari_cass.io import atomic_write
+
+    doc = {"image_dir": str(image_dir), "output_dir": str(output_dir)}
+    try:
+        with atomic_write(_folders_file(), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    except OSError:
+        pass
 
 
 class BatchPanel(QWidget):
@@ -86,6 +127,14 @@ class BatchPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, title, edit.text())
         if folder:
             edit.setText(folder)
+
+    def fill(self, folders: dict[str, Any] | None) -> None:
+        """Put the folders of the last batch into the fields (a reopened dock, a restart)."""
+        if not folders:
+            return
+        self.image_dir.setText(str(folders.get("image_dir") or ""))
+        self.output_dir.setText(str(folders.get("output_dir") or ""))
+        self.status.setText("last batch: press Open / resume to go on where you left off")
 
     def set_message(self, text: str) -> None:
         """Show (or, with "", hide) the batch's own message under the counter."""

@@ -17,7 +17,6 @@ layers are hidden and nothing is saved.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from ._batch import BatchPanel
+from ._batch import BatchPanel, remember_folders, remembered_folders
 from ._batch_files import check_extends as _check_extends
 from ._batch_session import CLASSES_FILE, BatchSession
 from ._classes import META_KEY, LabelClasses
@@ -36,7 +35,6 @@ __all__ = ["BATCH_KEY", "BatchController"]
 AUTOSAVE_MS = 500
 #: Layer metadata key of the two batch layers: ``{"image_dir", "output_dir", "image"}``.
 BATCH_KEY = "napari_cass_batch"
-_FOLDERS_FILE = "batch.json"  # the last folders, next to the widget settings
 
 
 class BatchController:
@@ -149,7 +147,7 @@ class BatchController:
         self.session = session
         self.panel.image_dir.setText(str(session.image_dir))
         self.panel.output_dir.setText(str(session.output_dir))
-        self._remember(session)
+        remember_folders(session.image_dir, session.output_dir)
         self._adopt()
         self.panel.set_message("\n".join(session.warnings))
         for warning in session.warnings:
@@ -178,37 +176,7 @@ class BatchController:
         """Folder fields of a new dock: from the batch layers, else the last folders used."""
         image, labels = self._batch_layers()
         meta = next((ly.metadata[BATCH_KEY] for ly in (labels, image) if ly is not None), None)
-        folders = meta or self._remembered()
-        if not folders:
-            return
-        self.panel.image_dir.setText(str(folders.get("image_dir") or ""))
-        self.panel.output_dir.setText(str(folders.get("output_dir") or ""))
-        self.panel.status.setText("last batch: press Open / resume to go on where you left off")
-
-    @staticmethod
-    def _folders_file() -> Path:
-        from ._settings import settings_path
-
-        return settings_path().parent / _FOLDERS_FILE
-
-    def _remembered(self) -> dict[str, str]:
-        try:
-            data = json.loads(self._folders_file().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k in ("image_dir", "output_dir") if isinstance(v := data.get(k), str)}
-
-    def _remember(self, session: BatchSession) -> None:
-        from napari_cass.io import atomic_write
-
-        doc = {"image_dir": str(session.image_dir), "output_dir": str(session.output_dir)}
-        try:
-            with atomic_write(self._folders_file(), overwrite=True) as tmp:
-                tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
-        except OSError:
-            pass  # remembering is a convenience
+        self.panel.fill(meta or remembered_folders())
 
     # ------------------------------------------------------------ show
     def _visit(self, first: int, step: int) -> bool:
