@@ -114,13 +114,13 @@ class BatchPanel(QWidget):
         grid.addWidget(QLabel("Output:"), 1, 0)
         grid.addWidget(self.output_dir, 1, 1)
         grid.addWidget(browse_out, 1, 2)
-        nav = QHBoxLayout()
-        nav.addWidget(self.open_btn)
+        grid.addWidget(self.open_btn, 2, 0, 1, 3)
+        nav = QHBoxLayout()  # Open on its own row: the dock fits beside napari on a 1366 px screen
         nav.addWidget(self.prev_btn)
         nav.addWidget(self.next_btn)
-        grid.addLayout(nav, 2, 0, 1, 3)
-        grid.addWidget(self.status, 3, 0, 1, 3)
-        grid.addWidget(self.message, 4, 0, 1, 3)
+        grid.addLayout(nav, 3, 0, 1, 3)
+        grid.addWidget(self.status, 4, 0, 1, 3)
+        grid.addWidget(self.message, 5, 0, 1, 3)
         self.set_session(None)
 
     def _browse(self, edit: QLineEdit, title: str) -> None:
