@@ -140,6 +140,22 @@ def test_decode_slots_bound_concurrent_decodes(tiny_model_set, monkeypatch):
     assert set(codes) <= {201, 429} and codes.count(201) >= 6  # 2 decoding + 4 waiting at any time
 
 
+def test_an_array_longer_than_its_header_is_not_inflated(tiny_model_set):
+    """The budget counts an ``.npy`` upload by its header: the inflate stops where the header ends."""
+    import hashlib
+    import zlib
+
+    from napari_cass.server._protocol import npy_bytes
+
+    app = create_app(tiny_segmenter(tiny_model_set))
+    raw = npy_bytes(np.zeros((4, 4), np.uint8)) + bytes(20_000_000)  # 20 MB of zeros after a 16-pixel array
+    with BackgroundServer(app) as server:
+        r = httpx.put(f"{server.url}/v1/images/{hashlib.sha256(raw).hexdigest()}", content=zlib.compress(raw, 9),
+                      headers={"Content-Type": "application/x-npy", "Content-Encoding": "deflate"}, timeout=30)
+    assert r.status_code == 413 and "decompresses to more than" in r.json()["error"]["message"]
+    assert app.state.store.peak < 1_000_000
+
+
 # --------------------------------------------------------------------------- cross-origin
 def test_cross_origin_or_text_plain_posts_are_refused_and_queue_nothing(tiny_model_set):
     seg = Wrapped(tiny_segmenter(tiny_model_set))

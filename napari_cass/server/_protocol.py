@@ -140,7 +140,10 @@ def decode_payload(
         )
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "deflate":
-        raw = _inflate(body, limits.max_image_bytes)
+        limit = limits.max_image_bytes
+        if ctype == NPY_TYPE:  # never inflate more than the header promises
+            limit = min(limit, _npy_file_size(body, True, limits))
+        raw = _inflate(body, limit)
     elif encoding == "identity":
         raw = body
     else:
@@ -173,18 +176,8 @@ def decoded_peak_bytes(body: bytes, content_type: str, content_encoding: str | N
     if encoding not in ("deflate", "identity"):
         raise PayloadError(f"Unsupported Content-Encoding {content_encoding!r}: use deflate or none.", 415)
     if ctype == NPY_TYPE:
-        head = zlib.decompressobj().decompress(body, 1 << 16) if encoding == "deflate" else body[:1 << 16]
-        f = io.BytesIO(head)
-        try:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_2_0 if version == (2, 0) else \
-                np.lib.format.read_array_header_1_0
-            shape, _, dtype = reader(f)
-        except (ValueError, zlib.error, EOFError) as exc:
-            raise PayloadError(f"Not a valid .npy array ({exc}).") from None
-        _check_shape(tuple(shape), limits)
-        array = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        return 2 * array + len(head)
+        size = _npy_file_size(body, encoding == "deflate", limits)
+        return 2 * size
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -196,6 +189,41 @@ def decoded_peak_bytes(body: bytes, content_type: str, content_encoding: str | N
     decoded = 4 if len(mode) > 1 and not mode.startswith("I;16") else (2 if mode.startswith("I;16") else 1)
     decoded = 4 if mode in ("I", "F") else decoded
     return h * w * (decoded + 4 + 4)
+
+
+def _npy_file_size(body: bytes, deflated: bool, limits: Limits) -> int:
+    """Bytes of the ``.npy`` file in ``body`` (header + array), from its header only."""
+    try:
+        head = zlib.decompressobj().decompress(body, 1 << 16) if deflated else body[:1 << 16]
+    except zlib.error as exc:
+        raise PayloadError(f"The deflate-compressed body is corrupt ({exc}).") from None
+    f = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_2_0 if version == (2, 0) else np.lib.format.read_array_header_1_0
+        shape, _, dtype = reader(f)
+    except (ValueError, EOFError) as exc:
+        if deflated:
+            _inflated_size(body, limits.max_image_bytes)  # a zlib bomb is "too large", not "invalid"
+        raise PayloadError(f"Not a valid .npy array ({exc}).") from None
+    _check_dtype(dtype)
+    _check_shape(tuple(shape), limits)
+    return f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _inflated_size(body: bytes, max_bytes: int) -> int:
+    """Size of the inflated ``body`` (raises 413 beyond ``max_bytes``), keeping 1 MB at a time."""
+    d, size, data = zlib.decompressobj(), 0, body
+    try:
+        while data and not d.eof:
+            size += len(d.decompress(data, 1 << 20))
+            data = d.unconsumed_tail
+            if size > max_bytes:
+                raise PayloadError(f"The image decompresses to more than {max_bytes} bytes, this server's "
+                                   "limit.", 413, "too_large")
+    except zlib.error as exc:
+        raise PayloadError(f"The deflate-compressed body is corrupt ({exc}).") from None
+    return size
 
 
 def _inflate(body: bytes, max_bytes: int) -> bytes:
@@ -223,6 +251,11 @@ def _check_shape(shape: tuple, limits: Limits) -> None:
                            f"most {limits.max_pixels}.", 413, "too_large")
 
 
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.hasobject or dtype.kind not in _ALLOWED_KINDS or dtype.itemsize not in _ALLOWED_KINDS[dtype.kind]:
+        raise PayloadError(f"Unsupported array dtype {dtype}: send uint8, uint16 or float pixels.", 422)
+
+
 def _decode_npy(raw: bytes, limits: Limits) -> np.ndarray:
     f = io.BytesIO(raw)
     try:
@@ -235,8 +268,7 @@ def _decode_npy(raw: bytes, limits: Limits) -> np.ndarray:
             raise ValueError(f"unsupported .npy version {version}")
     except ValueError as exc:
         raise PayloadError(f"Not a valid .npy array ({exc}).") from None
-    if dtype.hasobject or dtype.kind not in _ALLOWED_KINDS or dtype.itemsize not in _ALLOWED_KINDS[dtype.kind]:
-        raise PayloadError(f"Unsupported array dtype {dtype}: send uint8, uint16 or float pixels.", 422)
+    _check_dtype(dtype)
     _check_shape(tuple(shape), limits)
     f.seek(0)
     try:
