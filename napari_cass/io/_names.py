@@ -40,7 +40,7 @@ def printable(text: object, newlines: bool = False) -> str:
 
     A file name holding ``ESC[2J`` clears the screen when printed raw, a ``CR`` hides what
     came before it on the line. Every message that shows a file name or user text goes
-    through this function (the CLI, ``eval``, the Ray driver, the server's console).
+    through this function (the CLI and its error messages, ``eval``, the Ray driver).
 
     Parameters
     ----------
