@@ -338,3 +338,20 @@ def test_saved_rows_become_the_tables_label_values() -> None:
     values = BatchController._as_values(rows, classes)
     np.testing.assert_array_equal(values, [[0, 6], [300, 6]])
     np.testing.assert_array_equal(classes.to_rows(values), rows)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_linked_classes_or_progress_files_are_refused(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    s = BatchSession(tmp_path / "in", out)
+    s.save(s.read_image(), np.zeros((32, 40), np.uint8), LabelClasses.from_names(["cat"]))
+    elsewhere = tmp_path / "elsewhere.json"
+    for name in ("classes.json", PROGRESS_FILE):
+        elsewhere.write_bytes((out / name).read_bytes())
+        (out / name).unlink()
+        (out / name).symlink_to(elsewhere)
+        with pytest.raises(ValueError, match="symbolic link|a link"):
+            BatchSession(tmp_path / "in", out).saved_classes()
+        (out / name).unlink()
+        (out / name).write_bytes(elsewhere.read_bytes())

@@ -205,7 +205,8 @@ class BatchController:
             try:
                 mask = session.load_mask()
             except (ValueError, OSError) as err:
-                session.mark_failed(name, f"its saved mask cannot be read ({err})")
+                session.mark_failed(name, f"its saved mask cannot be read ({err}); delete the "
+                                          "mask to segment the image afresh")
                 skipped.append(name)
                 continue
             self._show(data, mask)

@@ -36,6 +36,7 @@ __all__ = [
     "match_recorded",
     "read_progress",
     "read_progress_doc",
+    "read_saved_classes",
     "refuse_existing",
     "short_reason",
     "target_path",
@@ -282,11 +283,21 @@ def check_labels(labels: np.ndarray, image_shape: tuple[int, ...], n_labels: int
     return lab
 
 
+def read_saved_classes(path: Path) -> dict[str, Any] | None:
+    """The validated ``classes.json`` of a batch, or None before the first save (never a link)."""
+    from napari_cass.io import read_classes_json
+
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link: batch mode only reads a classes.json it "
+                         "wrote. Remove it, or choose another output folder.")
+    return read_classes_json(path) if path.is_file() else None
+
+
 def update_classes(path: Path, classes: LabelClasses) -> Path | None:
     """Write ``classes.json`` if ``classes`` differs from it; refuse incompatible lists."""
-    from napari_cass.io import read_classes_json, write_classes_json
+    from napari_cass.io import write_classes_json
 
-    doc = read_classes_json(path) if path.is_file() else None
+    doc = read_saved_classes(path)
     new_rows = list(zip(classes.names, classes.colors.astype(int).tolist(),
                         [list(s) for s in classes.synonyms]))
     extra: dict[str, Any] = {}

@@ -40,6 +40,7 @@ from ._batch_files import (
     match_recorded,
     read_progress,
     read_progress_doc,
+    read_saved_classes,
     refuse_existing,
     short_reason,
     target_path,
@@ -268,10 +269,7 @@ class BatchSession:
 
     def saved_classes(self) -> dict[str, Any] | None:
         """The validated ``classes.json`` of the output folder, or None before the first save."""
-        from napari_cass.io import read_classes_json
-
-        path = self.output_dir / CLASSES_FILE
-        return read_classes_json(path) if path.is_file() else None
+        return read_saved_classes(self.output_dir / CLASSES_FILE)
 
     # ---------------------------------------------------------------- saving
     def save(self, image: np.ndarray, labels: np.ndarray, classes: LabelClasses,
