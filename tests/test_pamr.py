@@ -252,3 +252,94 @@ def test_parity_with_the_authors_pamr():
     assert (result.labels == want["labels"]).mean() >= 0.999
     # PAMR did something here: it moved labels the unrefined reference had
     assert (want["labels"] != ref["labels"]).mean() > 1e-3
+
+
+def test_cli_refine_is_used_and_recorded_for_resume(tmp_path, cli_builds, capsys):
+    from PIL import Image
+
+    from napari_cass import cli
+    from napari_cass.io import read_classes_json
+
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    seen = []
+    original = Segmenter.segment
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("refine"))
+        return original(self, *args, **kwargs)
+
+    Segmenter.segment = spy
+    try:
+        base = ["segment", str(tmp_path / "in"), "--classes", "cat, dog", "--out", str(out)]
+        assert cli.main(base + ["--refine", "pamr"]) == 0
+        assert seen == ["pamr"]
+        assert read_classes_json(out / "classes.json")["run"]["refine"] == "pamr"
+        capsys.readouterr()
+        # the folder was refined: resuming without refinement is another setting, refused
+        assert cli.main(base) != 0
+        assert "refine" in capsys.readouterr().err
+        assert cli.main(base + ["--refine", "pamr"]) == 0  # same settings: resumes
+        # a folder without refinement records nothing (as folders made before it existed)
+        assert cli.main(["segment", str(tmp_path / "in"), "--classes", "cat, dog",
+                         "--out", str(tmp_path / "plain")]) == 0
+        assert "refine" not in read_classes_json(tmp_path / "plain" / "classes.json")["run"]
+    finally:
+        Segmenter.segment = original
+
+
+def test_server_request_field_refines_like_local(tiny_model_set):
+    import httpx
+
+    from napari_cass.server import BackgroundServer, RemoteSegmenter, create_app
+
+    image = (np.random.default_rng(4).random((40, 56, 3)) * 255).astype(np.uint8)
+    image[10:30, 20:40] = 250
+    local = Segmenter.from_models(*tiny_model_set, device="cpu")
+    want = local.segment(image, "cat, dog", refine="pamr")
+    with BackgroundServer(create_app(Segmenter.from_models(*tiny_model_set, device="cpu"))) as server, \
+            RemoteSegmenter(server.url) as remote:
+        got = remote.segment(image, "cat, dog", refine="pamr")
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert np.abs(got.confidence - want.confidence).max() <= 0.5 / 255 + 1e-6
+        plain = remote.segment(image, "cat, dog")
+        np.testing.assert_array_equal(plain.labels, local.segment(image, "cat, dog").labels)
+        body = {"image": "0" * 64, "job_id": "abcdefgh", "classes": [{"name": "cat", "queries": ["cat"]}],
+                "refine": "crf"}
+        reply = httpx.post(f"{server.url}/v1/segment", json=body)
+        assert reply.status_code == 422 and "refine" in reply.text
+
+
+def test_eval_refine_gets_its_own_run(tmp_path, monkeypatch, tiny_model_set):
+    from PIL import Image
+
+    from napari_cass.evaluation import _cli
+
+    voc = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"im{k}.jpg")
+        Image.fromarray(rng.integers(0, 21, (24, 32)).astype(np.uint8)).save(voc / "SegmentationClass" / f"im{k}.png")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("im0\nim1\n")
+    built = []
+
+    def build(args):
+        built.append(args.run_options)
+        small = get_preset(args.run_preset).with_(short_side=112, mode="whole")
+        return Segmenter.from_models(*tiny_model_set, method=args.method, preset=small, device="cpu",
+                                     **args.run_options)
+
+    monkeypatch.setattr(_cli, "_build_segmenter", build)
+    out = tmp_path / "out"
+    argv = ["--dataset", "voc20", "--root", str(tmp_path / "data"), "--out", str(out), "--no-progress", "--worst", "0"]
+    assert _cli.main(argv + ["--refine", "pamr"]) == 0
+    assert _cli.main(argv) == 0
+    assert built == [{"refine": "pamr"}, {}]
+    runs = sorted(p.name for p in out.iterdir())
+    assert len(runs) == 2 and sum("_pamr_" in r for r in runs) == 1
+    assert _cli.main(argv + ["--refine", "none"]) == 0  # the preset's own setting: the plain run, cached
+    assert len(built) == 2

@@ -129,6 +129,12 @@ def refine_setting(args: argparse.Namespace) -> str:
     return refine if refine is not None else get_preset(args.preset).refine
 
 
+def refine_kwargs(args: argparse.Namespace) -> dict[str, str]:
+    """``{"refine": ...}`` for ``segment`` when ``--refine`` was given (a server is told too)."""
+    refine = getattr(args, "refine", None)
+    return {} if refine is None else {"refine": refine}
+
+
 def run_settings(args: argparse.Namespace, segmenter: Any = None) -> dict[str, Any]:
     """What, besides the classes, decides the masks: recorded in and compared with classes.json.
 
@@ -296,7 +302,7 @@ def _segment_all(args, plan, decision, todo, classes, prompts, settings, max_pix
             progress.start_item(item.source.name)
             try:
                 image = read_image(item.source, max_pixels=max_pixels or 0)
-                result = segmenter.segment(image, prompts, progress=progress.stage, refine=refine_setting(args))
+                result = segmenter.segment(image, prompts, progress=progress.stage, **refine_kwargs(args))
             except Exception as exc:  # a bad image must not stop the run
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failures.append((item.source, reason))

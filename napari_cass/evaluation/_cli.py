@@ -75,6 +75,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--ablation", default="",
         help=f"comma-separated switches for Table 3: {', '.join(ABLATIONS)}",
     )
+    p.add_argument("--refine", default=None, choices=("pamr", "none"),
+                   help="boundary refinement before the labels: pamr (PAMR, as in the authors' code) "
+                        "or none (default: the preset's, none); a refined run gets its own run folder")
     p.add_argument("--clip", default="ViT-B-16", choices=CLIP_CHOICES, help="CLIP backbone")
     p.add_argument("--vfm", default="dino_vitb8", choices=VFM_CHOICES, help="vision foundation model")
     p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
@@ -195,6 +198,9 @@ def run_eval(args: argparse.Namespace) -> int:
                 method=args.method, clip=args.clip, vfm=args.vfm,
                 random_weights=bool(args.random_weights), ablations=ablations,
                 engine_version=napari_cass.__version__,
+                # only a refinement other than the preset's changes the signature (old runs resume)
+                extra_options=({"refine": args.refine} if getattr(args, "refine", None) not in
+                               (None, get_preset(preset).refine) else {}),
             )
             run_args = argparse.Namespace(**vars(args))
             run_args.run_preset = preset

@@ -101,6 +101,8 @@ class RunSpec:
     def run_name(self) -> str:
         abl = "-".join(a.replace("no-", "no") for a in sorted(self.ablations))
         parts = [self.dataset, self.method, self.preset] + ([abl] if abl else [])
+        if self.extra_options.get("refine") == "pamr":
+            parts.append("pamr")
         if self.random_weights:
             parts.append("random")
         return safe_filename("_".join(parts + [self.signature_hash]))

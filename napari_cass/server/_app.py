@@ -226,7 +226,8 @@ def create_app(
             raise ApiError(428, "need_pixels", "This server does not hold that image (any more): "
                            f"upload it with PUT {API_PREFIX}/images/<key>, then repeat the request.")
         job = Job(id=job_id, image=image, classes=spec["classes"], background=spec["background"],
-                  method=spec["method"], preset=spec["preset"], on_done=lambda: store.unpin(key))
+                  method=spec["method"], preset=spec["preset"], refine=spec.get("refine"),
+                  on_done=lambda: store.unpin(key))
         job.finish = lambda result: reply_body(result, spec, (job.started or job.enqueued) - job.enqueued)
         del image
         try:

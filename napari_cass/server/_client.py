@@ -169,9 +169,10 @@ class RemoteSegmenter:
     def segment(self, image, classes, progress: Callable[[int, int, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None, *,
                 background: str | Sequence[str] | None = None, return_probabilities: bool = False,
-                probability_stride: int = 1):
+                probability_stride: int = 1, refine: str | None = None):
         """Segment ``image`` into ``classes`` on the server; same arguments and result as
-        :meth:`napari_cass.engine.Segmenter.segment`.
+        :meth:`napari_cass.engine.Segmenter.segment` (``refine``: ``"pamr"`` or ``"none"``
+        sent with the request; None: the server's default for the preset).
 
         The labels are exactly the server engine's; ``confidence`` travels as 8 bits
         (within 0.5/255 of the engine's value); ``probabilities`` is None (the full
@@ -181,6 +182,7 @@ class RemoteSegmenter:
         a bad class list (checked here, before any network traffic).
         """
         from ..engine import SegmentationCancelled, normalize_classes
+        from ..engine._pamr import check_refine
 
         if return_probabilities:
             raise ValueError("A server returns labels and confidence, not the per-class probabilities: "
@@ -196,6 +198,7 @@ class RemoteSegmenter:
         body = json.dumps({
             "image": key, "job_id": job_id, "background": words, "method": self._method,
             "preset": self._preset_name, "confidence": True,
+            "refine": None if refine is None else check_refine(refine),
             "classes": [{"name": p.name, "queries": list(p.queries)} for p in prompts],
         }).encode("utf-8")
         deadline = start + self.busy_wait

@@ -159,8 +159,13 @@ def parse_segment(body: bytes, limits: Limits) -> dict:
         raise ApiError(422, "bad_request", f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if preset is not None and preset not in PRESETS:
         raise ApiError(422, "bad_request", f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    refine = spec.get("refine")
+    if refine is not None and refine not in ("pamr", "none"):
+        raise ApiError(422, "bad_request", f"Unknown refine {refine!r}; choose 'pamr', 'none' or null "
+                       "(null: the preset's default).")
     return {"image": key, "job_id": job_id, "classes": prompts, "background": background or None,
-            "method": method, "preset": preset, "confidence": bool(spec.get("confidence", False))}
+            "method": method, "preset": preset, "confidence": bool(spec.get("confidence", False)),
+            "refine": refine}
 
 
 def reply_body(result, spec: dict, queued_s: float) -> dict:

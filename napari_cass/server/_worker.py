@@ -41,6 +41,7 @@ class Job:
     background: list[str] | None = None
     method: str | None = None
     preset: str | None = None
+    refine: str | None = None  # "pamr" / "none"; None: the engine's default
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     progress: tuple[int, int, str] = (0, 0, "queued")
@@ -212,7 +213,7 @@ class EngineWorker:
             self._configure(engine, job)
             result = engine.segmenter.segment(
                 job.image, job.classes, progress=job.on_progress, cancel=job.cancelled.is_set,
-                background=job.background,
+                background=job.background, **({"refine": job.refine} if job.refine is not None else {}),
             )
             job.image = None
             if job.finish is not None:
