@@ -34,9 +34,9 @@ def _segmenter(tiny_model_set):
     return Segmenter.from_models(*tiny_model_set, method="cass", preset="interactive", device="cpu")
 
 
-def _backend(url: str, tmp_path: Path, background=None, allow=(), **limits):
+def _backend(url: str, tmp_path: Path, background=None, allow=(), token=LS_TOKEN, **limits):
     token_file = tmp_path / "ls-token"
-    token_file.write_text(LS_TOKEN + "\n")
+    token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     args = argparse.Namespace(label_studio=url, label_studio_token_file=token_file,
                               label_studio_background=background, label_studio_allow_host=list(allow))
@@ -365,7 +365,12 @@ def test_real_label_studio(label_studio, tmp_path, tiny_model_set, cli_builds):
     stem_of = {t["id"]: Path(t["data"]["image"]).stem.split("-", 1)[1] for t in tasks}
     assert sorted(stem_of.values()) == ["astronaut", "coffee"]
 
-    backend = _backend(ls, tmp_path)
+    # a personal access token (a JWT: napari-cass exchanges it for access tokens), as Label Studio
+    # hands out by default; the legacy token form is covered by the tests above
+    r = client.post("/api/token/")
+    assert r.status_code == 201, r.text
+    backend = _backend(ls, tmp_path, token=r.json()["token"])
+    assert backend.fetcher._is_jwt()
     app = create_app(_segmenter(tiny_model_set), token=SERVER_TOKEN)
     backend.mount(app, SERVER_TOKEN)
 

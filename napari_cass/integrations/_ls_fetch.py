@@ -107,7 +107,7 @@ class ImageFetcher:
             return {"Authorization": f"Token {self._token}"}
         with self._lock:
             if self._access is None or renew:
-                r = self._client.post(urljoin(self.base_url, "api/token/refresh"), json={"refresh": self._token})
+                r = self._client.post(urljoin(self.base_url, "api/token/refresh/"), json={"refresh": self._token})
                 if r.status_code != 200 or "access" not in r.json():
                     raise FetchError(f"Label Studio refused the personal access token (HTTP {r.status_code}); "
                                      "create a new one under Account & Settings.")
