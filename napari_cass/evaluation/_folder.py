@@ -98,6 +98,10 @@ class FolderDataset(SegDataset):
                 f'{path} must hold {{"classes": [{{"id": 0, "name": ...}}, ...]}} with at least one class.'
             )
         prompts: list[ClassPrompt] = []
+        ignore = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("ignore") is True]
+        if len(ignore) > 1:
+            raise ValueError(f"{path}: classes {ignore} are all marked \"ignore\"; mark one class at most.")
+        self.ignore_class = ignore[0] if ignore else None
         for expected_id, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise ValueError(f"{path}: class #{expected_id} needs a string 'name'.")
@@ -106,15 +110,44 @@ class FolderDataset(SegDataset):
                     f"{path}: class ids must be 0, 1, 2, ... in order (the mask values); "
                     f"entry #{expected_id} has id {item.get('id')!r}."
                 )
+            if expected_id == self.ignore_class:
+                continue  # never predicted; its pixels are not scored (map_gt)
             syn = [s for s in item.get("synonyms", []) or [] if isinstance(s, str) and s != item["name"]]
             prompts.append(ClassPrompt.from_words([item["name"], *syn], name=item["name"]))
         names = [p.name.casefold() for p in prompts]
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: class names must be unique.")
-        raw_words = [s for s in items[0].get("synonyms", []) or [] if s != items[0]["name"]]
+        first = items[1] if self.ignore_class == 0 and len(items) > 1 else items[0]
+        raw_words = [s for s in first.get("synonyms", []) or [] if s != first["name"]]
         if names[0] == "background" and not raw_words and len(prompts) > 1:
             # Label 0 without background words is "unlabelled" (what the plugin and the CLI
             # write when no --background was given): ignore it, as VOC20 / Context59 do.
             self.reduce_zero_label = True
             return prompts[1:]
         return prompts
+
+    #: Mask value of the class marked ``"ignore": true`` in classes.json (None: no such class).
+    ignore_class: int | None = None
+
+    @property
+    def raw_num_classes(self) -> int:
+        """Mask values on disk: the scored classes, plus the ignore class if there is one."""
+        return super().raw_num_classes + (0 if self.ignore_class is None else 1)
+
+    def map_gt(self, raw, sample: Sample):
+        """The ignore class's pixels are not scored; the classes after it move down by one.
+
+        In PNG masks the ignore class is written as 255 (ignored anyway); in TIFF masks it
+        has its own value, the class's id.
+        """
+        k = self.ignore_class
+        if k is None:
+            return super().map_gt(raw, sample)
+        import numpy as np
+
+        gt = np.asarray(raw).astype(np.int64)
+        skip = gt == k
+        gt = np.where((gt > k) & (gt < self.raw_num_classes), gt - 1, gt)
+        gt = super().map_gt(gt, sample)
+        gt[skip] = self.ignore_index
+        return gt

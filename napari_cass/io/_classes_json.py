@@ -25,9 +25,23 @@ CLASSES_FORMAT = "napari-cass/classes@1"
 
 
 def classes_table(names: Sequence[str], colors: np.ndarray,
-                  synonyms: Sequence[Sequence[str]] | None = None) -> list[dict[str, Any]]:
-    """Build the validated ``classes`` list (one dict per class index)."""
+                  synonyms: Sequence[Sequence[str]] | None = None, *, ignore_class: int | None = None,
+                  things: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Build the validated ``classes`` list (one dict per class index).
+
+    ``ignore_class`` (a class index) gets ``"ignore": true``: annotators mark ambiguous
+    regions with it, dataset PNG masks store it as 255 (VOC / mmsegmentation's ignore
+    value), TIFF masks as its own index, and evaluation does not score its pixels.
+    ``things`` (class indices) get ``"thing": true``: COCO export makes one annotation
+    per connected region of them (instances) and one per class for the others (stuff).
+    """
     names = list(names)
+    for what, values in (("ignore_class", [] if ignore_class is None else [ignore_class]), ("things", things or [])):
+        bad = [v for v in values if not isinstance(v, (int, np.integer)) or not 0 <= int(v) < len(names)]
+        if bad:
+            raise ValueError(f"{what} must be class indices 0..{len(names) - 1}, got {bad[:5]}.")
+    if ignore_class is not None and things and int(ignore_class) in {int(t) for t in things}:
+        raise ValueError(f"Class {ignore_class} ({names[int(ignore_class)]!r}) cannot be both the ignore class and a thing.")
     if not names:
         raise ValueError("There are no classes to write; give at least one class name.")
     for i, name in enumerate(names):
@@ -50,19 +64,27 @@ def classes_table(names: Sequence[str], colors: np.ndarray,
     for i, name in enumerate(names):
         syn = [str(s) for s in synonyms[i]] if synonyms is not None else [name]
         colour = [int(c) for c in np.clip(cols[i], 0, 255)]
-        table.append({"id": i, "name": name, "color": colour, "synonyms": syn})
+        entry = {"id": i, "name": name, "color": colour, "synonyms": syn}
+        if ignore_class is not None and i == int(ignore_class):
+            entry["ignore"] = True
+        if things and i in {int(t) for t in things}:
+            entry["thing"] = True
+        table.append(entry)
     return table
 
 
 def write_classes_json(path: str | os.PathLike[str], names: Sequence[str], colors: np.ndarray,
                        synonyms: Sequence[Sequence[str]] | None = None, overwrite: bool = False,
-                       extra: dict[str, Any] | None = None) -> Path:
+                       extra: dict[str, Any] | None = None, *, ignore_class: int | None = None,
+                       things: Sequence[int] | None = None) -> Path:
     """Write the class table so a mask's pixel values can be read back as names.
 
     ``extra`` (method, preset, model names, ...) is stored at the top level; its keys
-    may not clash with ``format`` or ``classes``.
+    may not clash with ``format`` or ``classes``. ``ignore_class`` and ``things``: see
+    :func:`classes_table`.
     """
-    doc: dict[str, Any] = {"format": CLASSES_FORMAT, "classes": classes_table(names, colors, synonyms)}
+    table = classes_table(names, colors, synonyms, ignore_class=ignore_class, things=things)
+    doc: dict[str, Any] = {"format": CLASSES_FORMAT, "classes": table}
     for key, value in (extra or {}).items():
         if key in doc:
             raise ValueError(f"extra may not contain the reserved key {key!r}.")
@@ -106,6 +128,11 @@ def read_classes_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         syn = entry.setdefault("synonyms", [name])
         if not isinstance(syn, list) or not all(isinstance(s, str) for s in syn):
             raise ValueError(f"{where} ({name!r}): synonyms must be a list of strings.")
+        for flag in ("ignore", "thing"):
+            if not isinstance(entry.get(flag, False), bool):
+                raise ValueError(f"{where} ({name!r}): {flag!r} must be true or false.")
+    if sum(bool(c.get("ignore")) for c in classes) > 1:
+        raise ValueError(f'{p}: more than one class is marked "ignore"; mark one at most.')
     names = [c["name"] for c in classes]
     if len(set(names)) != len(names):
         raise ValueError(f"{p}: class names are repeated.")
