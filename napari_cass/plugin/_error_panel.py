@@ -8,6 +8,11 @@ the dock never grows wider and the canvas keeps its size.
 
 All notifications of the plugin go through :func:`notify` so they can be
 captured in one place.
+
+An error stays red only until the next thing that worked: every status line
+(:meth:`ErrorPanel.set_status`) replaces it, and an action that has nothing to
+report calls :meth:`ErrorPanel.clear_error`, so a fixed mistake never looks
+unfixed.
 """
 
 from __future__ import annotations
@@ -111,6 +116,11 @@ class ErrorPanel(QWidget):
         if toast:
             notify("error", _summary(message, 200) + ("  (details in the CASS panel)"
                                                     if len(message) > 200 else ""))
+
+    def clear_error(self) -> None:
+        """An action succeeded without a message of its own: drop a shown error, keep a status."""
+        if self.is_error:
+            self.set_status("")
 
     def copy(self) -> None:
         QApplication.clipboard().setText(self.message)

@@ -13,6 +13,7 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
 
 from ._classes import META_KEY
+from ._compact import compact_combo
 from ._layer_inputs import STACK_ALL, STACK_CHOOSE, STACK_CURRENT, WHOLE_IMAGE
 
 __all__ = ["InputsPanel"]
@@ -37,6 +38,8 @@ class InputsPanel(QWidget):
         self.region_combo.setToolTip(
             "Re-segment only inside the rectangles / polygons / ellipses of a Shapes layer."
         )
+        for combo in (self.image_combo, self.stack_combo, self.region_combo):
+            compact_combo(combo)  # a long layer name never widens the dock
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Layer:", self.image_combo)

@@ -17,6 +17,7 @@ __all__ = [
     "STACK_CURRENT",
     "WHOLE_IMAGE",
     "as_display_uint8",
+    "engine_image",
     "image_slices",
     "region_mask",
 ]
@@ -46,6 +47,44 @@ def as_display_uint8(image: np.ndarray, contrast_limits: Sequence[float] | None)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def _refuse_non_finite(data: np.ndarray, name: str, rgb: bool) -> None:
+    """Raise ``ValueError`` when ``data`` holds NaN or infinite values.
+
+    Why refuse rather than guess: a NaN pixel has no colour, so the model would see
+    whatever number the cast happens to produce, and its label would look as
+    trustworthy as any other. The message says how many pixels and how to fix them.
+    """
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    nan = np.isnan(data)
+    if rgb:  # a pixel is bad when any of its channels is
+        bad, nan = bad.any(axis=-1), nan.any(axis=-1)
+    n_bad, n_nan = int(np.count_nonzero(bad)), int(np.count_nonzero(nan))
+    raise ValueError(
+        f"Layer {name!r} has {n_bad:,} pixel(s) (of {bad.size:,}) that are NaN or infinite "
+        f"({n_nan:,} NaN, {n_bad - n_nan:,} infinite): they have no colour, so CASS would only "
+        "guess their labels. Replace them with numbers first, e.g. in napari's console: "
+        f"`layer = viewer.layers[{name!r}]; layer.data = numpy.nan_to_num(layer.data, nan=0.0, "
+        "posinf=0.0, neginf=0.0)`, then try again."
+    )
+
+
+def engine_image(data: Any, contrast_limits: Sequence[float] | None, name: str,
+                 rgb: bool = False) -> np.ndarray:
+    """One 2-D image (grey, RGB or RGBA) of a layer as the engine gets it, and as export writes it.
+
+    Refuses NaN / infinite values (:func:`_refuse_non_finite`), then scales by the
+    layer's contrast limits to uint8 (:func:`as_display_uint8`): the segmentation
+    and the dataset image see the same picture the user sees.
+    """
+    arr = np.asarray(data)
+    _refuse_non_finite(arr, name, rgb)
+    return as_display_uint8(arr, contrast_limits)
+
+
 def image_slices(
     layer: Any, stack_mode: str, world_point: Sequence[float]
 ) -> tuple[list[tuple[int, ...]], list[np.ndarray]]:
@@ -62,7 +101,7 @@ def image_slices(
         raise ValueError(f"Layer {layer.name!r} has shape {data.shape}: it is not an image.")
     limits = getattr(layer, "contrast_limits", None)
     if spatial == 2:
-        return [()], [as_display_uint8(data, limits)]
+        return [()], [engine_image(data, limits, layer.name, layer.rgb)]
     n_lead = spatial - 2
     if stack_mode == STACK_CHOOSE:
         raise ValueError(
@@ -77,12 +116,12 @@ def image_slices(
             )
         return (
             [(z,) for z in range(data.shape[0])],
-            [as_display_uint8(data[z], limits) for z in range(data.shape[0])],
+            [engine_image(data[z], limits, layer.name, layer.rgb) for z in range(data.shape[0])],
         )
     point = np.asarray(world_point)[-layer.ndim:]
     pos = np.round(np.asarray(layer.world_to_data(point))).astype(int)[:n_lead]
     lead = tuple(int(np.clip(p, 0, data.shape[i] - 1)) for i, p in enumerate(pos))
-    return [lead], [as_display_uint8(data[lead], limits)]
+    return [lead], [engine_image(data[lead], limits, layer.name, layer.rgb)]
 
 
 def region_mask(shapes: Any, image: Any, hw: tuple[int, int]) -> np.ndarray:

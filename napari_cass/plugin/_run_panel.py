@@ -1,4 +1,9 @@
-"""The Model and Run sections: what to run with, and the buttons that run it."""
+"""The Model and Run sections: what to run with, and the buttons that run it.
+
+Both fit a narrow dock (see :mod:`._compact`): combos ask for a few characters,
+the "running on: …" line elides (a server URL can be 200 characters long), and
+the Run buttons sit two to a row.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._compact import ElidedLabel, compact_combo
 from ._server_panel import SERVER_DEVICE, ServerPanel
 
 __all__ = ["CLIP_BACKBONES", "DEVICES", "SHORTCUTS", "VFM_BACKBONES", "ModelPanel", "RunPanel"]
@@ -52,7 +58,10 @@ class ModelPanel(QWidget):
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setToolTip(f"Where to run: this machine, or '{SERVER_DEVICE}' for a "
                                      "'napari-cass serve' server (e.g. a GPU shared by a team).")
-        self.device_label = QLabel("running on: (not loaded yet)")
+        for combo in (self.method_combo, self.preset_combo, self.clip_combo, self.vfm_combo,
+                      self.device_combo):
+            compact_combo(combo)
+        self.device_label = ElidedLabel("running on: (not loaded yet)")
         self.server = ServerPanel()
         self.server.setVisible(False)
         self.device_combo.currentTextChanged.connect(
@@ -111,14 +120,14 @@ class RunPanel(QWidget):
         )
         self.shortcuts_label.setWordWrap(True)
         self.shortcuts_label.setToolTip("Viewer shortcuts added by napari-cass (none is a napari default).")
-        grid = QGridLayout(self)
+        grid = QGridLayout(self)  # two columns: fits a dock narrow enough for a 1366 px screen
         grid.setContentsMargins(0, 0, 0, 0)
-        grid.addWidget(self.replace_all_check, 0, 0)
-        grid.addWidget(self.confidence_check, 0, 1, 1, 2)
-        grid.addWidget(self.segment_btn, 1, 0)
-        grid.addWidget(self.cancel_btn, 1, 1)
-        grid.addWidget(self.undo_btn, 1, 2)
-        grid.addWidget(self.shortcuts_label, 2, 0, 1, 3)
+        grid.addWidget(self.segment_btn, 0, 0)
+        grid.addWidget(self.cancel_btn, 0, 1)
+        grid.addWidget(self.undo_btn, 1, 0)
+        grid.addWidget(self.replace_all_check, 2, 0, 1, 2)
+        grid.addWidget(self.confidence_check, 3, 0, 1, 2)
+        grid.addWidget(self.shortcuts_label, 4, 0, 1, 2)
 
     def set_running(self, running: bool) -> None:
         self.segment_btn.setEnabled(not running)
