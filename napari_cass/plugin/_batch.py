@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QWidget,
 )
 
@@ -100,6 +101,8 @@ class BatchPanel(QWidget):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setVisible(False)
+        for label in (self.status, self.message):  # long names wrap; they never widen the dock
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.open_btn.clicked.connect(
             lambda: on_open(self.image_dir.text().strip(), self.output_dir.text().strip())
         )
