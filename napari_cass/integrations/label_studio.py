@@ -206,20 +206,25 @@ class LabelStudioBackend:
             wait = worker.retry_after()
             raise ApiError(429, "busy", f"The server is busy ({exc}); try again in {wait} s.",
                            {"Retry-After": str(wait)}) from None
-        result = await _wait(job, request, ApiError)
+        result = await _wait(job, request, worker, ApiError)
         items, score = await run_in_threadpool(brush_results, result, target, prefix=f"cass{tid}-")
         return {"result": items, "score": score, "model_version": version}
 
 
-async def _wait(job, request, ApiError):
-    """The job's result; a Label Studio that hangs up cancels it."""
+async def _wait(job, request, worker, ApiError):
+    """The job's result; a Label Studio that hangs up (or a server that stops) drops it."""
     from ..engine import SegmentationCancelled
 
+    drop = getattr(worker, "drop", None) or (lambda j: j.cancel())
     waiting = asyncio.wrap_future(job.future)
-    while not waiting.done():
-        done, _ = await asyncio.wait({waiting}, timeout=0.1)
-        if not done and not job.cancelled.is_set() and await request.is_disconnected():
-            job.cancel()
+    try:
+        while not waiting.done():
+            done, _ = await asyncio.wait({waiting}, timeout=0.1)
+            if not done and not job.cancelled.is_set() and await request.is_disconnected():
+                drop(job)
+    except BaseException:
+        drop(job)
+        raise
     try:
         return waiting.result()
     except SegmentationCancelled:
