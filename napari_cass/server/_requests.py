@@ -39,9 +39,10 @@ def error_reply(status: int, code: str, message: str, headers=None) -> JSONRespo
 
 def memory_full(exc: BudgetFull, retry_after: int) -> ApiError:
     """The 503 for a request the memory budget cannot hold (yet)."""
+    # Connection: close, as the body may be unread: the connection cannot carry another request.
     return ApiError(503, "memory_full", f"The server is short of memory for this request: {exc}. Try "
                     f"again in {retry_after} s, when queued jobs have finished; if it keeps happening, ask its "
-                    "operator to raise --memory-budget-gb.", {"Retry-After": str(retry_after)})
+                    "operator to raise --memory-budget-gb.", {"Retry-After": str(retry_after), "Connection": "close"})
 
 
 def check_origin(request: Request) -> None:
@@ -83,7 +84,7 @@ async def read_body(request: Request, limit: int, held: Reservation | None = Non
             raise ApiError(400, "bad_request", "Invalid Content-Length header.")
         if int(declared) > limit:
             raise ApiError(413, "too_large", f"The request body is {declared} bytes; this server "
-                           f"accepts at most {limit} on this route.")
+                           f"accepts at most {limit} on this route.", {"Connection": "close"})
         if held is not None:
             held.grow(int(declared))
     expected = int(declared) if declared is not None else limit
@@ -102,7 +103,8 @@ async def read_body(request: Request, limit: int, held: Reservation | None = Non
                            {"Connection": "close"}) from None
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"The request body exceeds {limit} bytes, this server's limit.")
+            raise ApiError(413, "too_large", f"The request body exceeds {limit} bytes, this server's limit.",
+                           {"Connection": "close"})
         if held is not None and declared is None:
             held.grow(len(chunk))
         chunks.append(chunk)

@@ -29,6 +29,9 @@ log = logging.getLogger("napari_cass.server")
 
 #: Seconds a connection may take to send a complete request head.
 HEADER_TIMEOUT = 10.0
+#: Seconds an idle kept-alive connection stays open: longer than httpx keeps one (5 s),
+#: so a client never reuses a connection the server is closing; shorter than the head deadline.
+KEEP_ALIVE = 8
 #: Connections the listening socket queues before uvicorn accepts them. asyncio accepts
 #: up to this many in one go, and a connection reaches the guard two loop turns after
 #: its accept, so three times this many descriptors are kept free below the limit.
@@ -188,7 +191,7 @@ def make_server(app, host: str, port: int, *, log_level: str = "info", access_lo
 
     guard = ConnectionGuard(max_connections or default_max_connections(), header_timeout)
     cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                         http=guard.protocol(), backlog=BACKLOG, timeout_keep_alive=5,
+                         http=guard.protocol(), backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE,
                          timeout_graceful_shutdown=timeout_graceful_shutdown, lifespan="on", **config)
     quiet = QuietPolls()
     access = logging.getLogger("uvicorn.access")
