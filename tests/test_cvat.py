@@ -20,6 +20,7 @@ from PIL import Image
 from _label_studio_support import real_images
 
 cvataa = pytest.importorskip("cvat_sdk.auto_annotation")
+pytest.importorskip("cvat_cli")
 from cvat_sdk.auto_annotation.driver import _AnnotationMapper, _DetectionFunctionContextImpl  # noqa: E402
 from cvat_sdk.masks import decode_mask  # noqa: E402
 
@@ -106,7 +107,12 @@ def test_polygons_threshold_and_server(tmp_path, tiny_model_set):
     assert [(s.label_id, s.points) for s in got] == [(s.label_id, s.points) for s in masks]
 
 
-def test_module_level_function_and_bad_settings(monkeypatch, tmp_path, tiny_model_set):
+def test_loaded_as_cvat_cli_loads_it_and_bad_settings(monkeypatch, tmp_path, tiny_model_set):
+    """``cvat-cli task auto-annotate --function-module napari_cass.integrations.cvat -p ...``: the
+    module is loaded by cvat-cli's own loader, with parameters parsed by cvat-cli."""
+    from cvat_cli._internal.common import FunctionLoader
+    from cvat_cli._internal.parsers import parse_function_parameter
+
     from napari_cass.server import BackgroundServer, create_app
 
     with pytest.raises(ValueError, match="Name the classes"):
@@ -116,14 +122,20 @@ def test_module_level_function_and_bad_settings(monkeypatch, tmp_path, tiny_mode
     with pytest.raises(ValueError):
         cvat.create(classes="cat, sky", background="sky")  # a word both a class and background
     image = Image.open(real_images(tmp_path / "photos")["astronaut"])
+    names = ["person", "cup", "sky"]
     with BackgroundServer(create_app(_segmenter(tiny_model_set))) as server:
+        params = dict(parse_function_parameter(p) for p in (f"classes=str:{CLASSES}", f"server=str:{server.url}"))
+        function = FunctionLoader("napari_cass.integrations.cvat", None, params).load()
+        assert [lab.name for lab in function.spec.labels] == names
+        shapes = _run(function, image, names)
+        # no -p at all: cvat-cli still calls create(); the environment names the classes and server
         monkeypatch.setenv("NAPARI_CASS_CLASSES", CLASSES)
         monkeypatch.setenv("NAPARI_CASS_SERVER", server.url)
-        monkeypatch.setattr(cvat, "_default", None)
-        assert [lab.name for lab in cvat.spec.labels] == ["person", "cup", "sky"]
-        shapes = _run(cvat, image, ["person", "cup", "sky"])
+        from_env = FunctionLoader("napari_cass.integrations.cvat", None, {}).load()
+        assert [(s.label_id, s.points) for s in _run(from_env, image, names)] == \
+            [(s.label_id, s.points) for s in shapes]
     assert shapes
     # a task whose labels are polygons only needs "convert masks to polygons": the SDK says so
     with pytest.raises(cvataa.BadFunctionError, match="'mask' in the function, but 'polygon'"):
-        _AnnotationMapper(logging.getLogger("test"), cvat.spec.labels, _task_labels(["person", "cup", "sky"],
-                          "polygon"), allow_unmatched_labels=False, conv_mask_to_poly=False)
+        _AnnotationMapper(logging.getLogger("test"), function.spec.labels, _task_labels(names, "polygon"),
+                          allow_unmatched_labels=False, conv_mask_to_poly=False)

@@ -14,7 +14,7 @@ Parameters (``-p name=type:value``, passed to :func:`create`): ``classes`` (requ
 (words of a background class, never returned), ``server`` / ``token_file`` / ``ca_file``
 (segment on ``napari-cass serve``), else ``device``, ``clip``, ``vfm``, ``method``,
 ``preset`` for a local engine (``random_weights=bool:true`` only to test the pipeline).
-Without ``-p``, the same settings are read from ``NAPARI_CASS_CLASSES``,
+Settings not given with ``-p`` are read from ``NAPARI_CASS_CLASSES``,
 ``NAPARI_CASS_BACKGROUND``, ``NAPARI_CASS_SERVER`` and ``NAPARI_CASS_TOKEN_FILE``.
 
 CVAT's confidence threshold drops a class whose mean confidence over its pixels is
@@ -48,7 +48,7 @@ class CassFunction:
 
         if not classes or not str(classes).strip():
             raise ValueError('Name the classes: -p classes=str:"cat | kitten, dog" (the names must be '
-                             "the task's label names).")
+                             "the task's label names), or set NAPARI_CASS_CLASSES.")
         self.prompts = normalize_classes(str(classes))
         self.background = [w.strip() for w in str(background or "").replace("|", ",").split(",") if w.strip()]
         with_background(self.prompts, self.background or None)  # a word in both is refused now, not per frame
@@ -139,26 +139,16 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
     return out
 
 
+_ENVIRONMENT = {"classes": "NAPARI_CASS_CLASSES", "background": "NAPARI_CASS_BACKGROUND",
+                "server": "NAPARI_CASS_SERVER", "token_file": "NAPARI_CASS_TOKEN_FILE"}
+
+
 def create(**kwargs: Any) -> CassFunction:
-    """The function ``cvat-cli ... -p name=type:value`` builds (see the module docstring)."""
+    """The function ``cvat-cli`` builds: it calls ``create(**parameters)`` of the module, with the
+    ``-p name=type:value`` parameters (none given: ``create()``). Settings not given are read
+    from ``NAPARI_CASS_CLASSES``, ``NAPARI_CASS_BACKGROUND``, ``NAPARI_CASS_SERVER`` and
+    ``NAPARI_CASS_TOKEN_FILE`` when set."""
+    for name, variable in _ENVIRONMENT.items():
+        if kwargs.get(name) is None and os.environ.get(variable):
+            kwargs[name] = os.environ[variable]
     return CassFunction(**kwargs)
-
-
-def _from_environment() -> CassFunction:
-    return CassFunction(classes=os.environ.get("NAPARI_CASS_CLASSES"),
-                        background=os.environ.get("NAPARI_CASS_BACKGROUND"),
-                        server=os.environ.get("NAPARI_CASS_SERVER") or None,
-                        token_file=os.environ.get("NAPARI_CASS_TOKEN_FILE") or None)
-
-
-_default: CassFunction | None = None
-
-
-def __getattr__(name: str) -> Any:
-    # ``--function-module`` without ``-p`` reads ``spec`` and ``detect`` from the module itself.
-    global _default
-    if name in ("spec", "detect"):
-        if _default is None:
-            _default = _from_environment()
-        return getattr(_default, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
