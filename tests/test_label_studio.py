@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from _label_studio_support import (CLASSES, CONFIG, LS_TOKEN, SERVER_TOKEN, FakeLabelStudioFiles, assert_same_as_cli,
-                                   basic, cli_masks, decoded, real_images)
+                                   basic, cli_masks, real_images)
 from napari_cass.integrations import LabelConfigError, RLEError, brush_target, encode_rle, mask_from_rle
 from napari_cass.integrations.label_studio import label_studio_from_args
 from napari_cass.server import BackgroundServer, create_app
