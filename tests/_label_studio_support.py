@@ -108,4 +108,8 @@ class FakeLabelStudioFiles:
             data = path.read_bytes()
             return Response(data, media_type="image/png" if path.suffix == ".png" else "application/octet-stream")
 
+        @app.get("/data/redirect")
+        async def redirect(to: str):  # what Label Studio does for cloud storage: a presigned URL
+            return Response(status_code=303, headers={"Location": to})
+
         self.app = app

@@ -149,6 +149,11 @@ def test_credentials_hosts_and_limits_are_enforced(stack):
         # an allowed host is used, without Label Studio's token
         assert predict(f"{elsewhere.url}/data/upload/1/x.png").status_code == 200
         assert other.seen and "authorization" not in other.seen[0][1]
+        # a redirect from Label Studio is followed to an allowed host only (no token there)
+        assert predict(f"/data/redirect?to={elsewhere.url}/data/upload/1/x.png").status_code == 200
+        assert len(other.seen) == 2 and "authorization" not in other.seen[1][1]
+        r = predict("/data/redirect?to=http://192.0.2.7/x.png")
+        assert r.status_code == 422 and "not on Label Studio" in r.json()["error"]["message"]
         # no <BrushLabels>: a message saying what to add
         r = predict("/data/upload/1/1a2b3c4d-coffee.png", config='<View><Image name="i" value="$image"/></View>')
         assert r.status_code == 422 and "<BrushLabels" in r.json()["error"]["message"]

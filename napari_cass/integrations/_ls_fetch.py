@@ -5,8 +5,9 @@ A task names its image by URL: ``/data/upload/...`` (files uploaded to Label Stu
 are resolved against the Label Studio URL given to the server, and only that host (plus
 the hosts a setting allows) is ever contacted: a task cannot make the server fetch from
 its own network. The API token goes to the Label Studio host only, never to another
-host, and redirects are not followed. The body is read up to a byte limit, the pixel
-count is checked from the header before decoding (:func:`napari_cass.io.read_image`).
+host; a redirect is followed only to an allowed host. The body is read up to a byte
+limit, the pixel count is checked from the header before decoding
+(:func:`napari_cass.io.read_image`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 __all__ = ["FetchError", "ImageFetcher"]
 
+MAX_REDIRECTS = 3
 _SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/tiff": ".tif", "image/bmp": ".bmp"}
 
 
@@ -116,37 +118,47 @@ class ImageFetcher:
 
     # ------------------------------------------------------------------ fetch
     def fetch_bytes(self, url: str) -> tuple[bytes, str]:
-        """The body of ``url`` (at most ``max_bytes``) and its content type."""
+        """The body of ``url`` (at most ``max_bytes``) and its content type.
+
+        A redirect (Label Studio sends cloud-storage images as presigned URLs) is followed
+        only to an allowed host, without the token, at most :data:`MAX_REDIRECTS` times.
+        """
         import httpx
 
         absolute, own = self.resolve(url)
-        for attempt in (0, 1):
-            headers = self._auth_header(renew=attempt == 1) if own else {}
+        renewed = False
+        for _ in range(MAX_REDIRECTS + 2):
+            headers = self._auth_header(renew=renewed) if own else {}
             try:
                 with self._client.stream("GET", absolute, headers=headers) as r:
-                    if r.status_code == 401 and own and self._is_jwt() and attempt == 0:
-                        continue  # the access token expired: renew it once
+                    if r.status_code == 401 and own and self._is_jwt() and not renewed:
+                        renewed = True  # the access token expired: renew it once
+                        continue
+                    if r.status_code in (301, 302, 303, 307, 308) and r.headers.get("location"):
+                        absolute, own = self.resolve(urljoin(absolute, r.headers["location"]))
+                        continue
                     if r.status_code != 200:
                         hint = (" (is the token file's token one of a user of this project?)"
                                 if r.status_code in (401, 403) else "")
                         raise FetchError(f"Label Studio answered HTTP {r.status_code} for {url[:120]}{hint}.")
-                    declared = r.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                        raise FetchError(f"The image {url[:120]} is {declared} bytes; at most {self.max_bytes} "
-                                         "are accepted (--max-upload-mb).")
-                    chunks, size = [], 0
-                    for chunk in r.iter_bytes():
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise FetchError(f"The image {url[:120]} exceeds {self.max_bytes} bytes "
-                                             "(--max-upload-mb).")
-                        chunks.append(chunk)
-                    ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
-                    return b"".join(chunks), ctype
+                    return self._body(r, url)
             except httpx.HTTPError as exc:
                 raise FetchError(f"Cannot fetch {url[:120]} from {urlsplit(absolute).netloc}: "
                                  f"{type(exc).__name__}: {exc}") from None
-        raise FetchError(f"Label Studio refused the renewed access token for {url[:120]}.")
+        raise FetchError(f"Too many redirects (or refused renewed tokens) for {url[:120]}.")
+
+    def _body(self, r, url: str) -> tuple[bytes, str]:
+        declared = r.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise FetchError(f"The image {url[:120]} is {declared} bytes; at most {self.max_bytes} "
+                             "are accepted (--max-upload-mb).")
+        chunks, size = [], 0
+        for chunk in r.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise FetchError(f"The image {url[:120]} exceeds {self.max_bytes} bytes (--max-upload-mb).")
+            chunks.append(chunk)
+        return b"".join(chunks), r.headers.get("content-type", "").split(";")[0].strip().lower()
 
     def fetch(self, url: str) -> np.ndarray:
         """Fetch and decode ``url``; the pixel count is checked before decoding."""
