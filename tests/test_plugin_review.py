@@ -38,9 +38,10 @@ def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, t
     _wait(qtbot, w)
     labels = w.labels_layer_for("img_01")
     labels.brush_size = 3
-    labels.paint((6, 6), 1)  # a "cat" correction
+    cat = w.class_table.label_classes().values[1]  # a class's value is its id
+    labels.paint((6, 6), cat)  # a "cat" correction
     kept = np.array(labels.data, copy=True)
-    assert (kept == 1).sum() >= 9
+    assert (kept == cat).sum() >= 9
 
     w.class_table.table.selectRow(1)
     click(qtbot, w.class_table.remove_btn)  # remove "cat"
@@ -59,7 +60,8 @@ def test_batch_refuses_a_class_removal_before_touching_the_mask(qtbot, plugin, t
     click(qtbot, w.batch_panel.next_btn)
     _wait(qtbot, w)
     assert w.batch.session.index == 2
-    np.testing.assert_array_equal(_mask_file(out, "img_01"), kept)
+    rows = w.class_table.label_classes().to_rows(kept)  # files count rows
+    np.testing.assert_array_equal(_mask_file(out, "img_01"), rows)
     names = [c["name"] for c in read_classes_json(out / "classes.json")["classes"]]
     assert names == ["background", "cat", "dog", "grass", "class 4"]
     assert len(notes["error"]) == 2  # the two refused edits, nothing else
@@ -72,14 +74,15 @@ def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_imag
     w = plugin
     layer = _segment_pic(qtbot, w, rgb_image)
     engine = np.array(layer.data, copy=True)
+    dog = w.class_table.label_classes().values[2]  # a class's value is its id
     layer.brush_size = 3
-    layer.paint((20, 20), 2)  # a hand-painted "dog"
+    layer.paint((20, 20), dog)  # a hand-painted "dog"
     painted = np.array(layer.data, copy=True)
     blank = Labels(np.zeros(engine.shape, np.uint8))
     blank.brush_size = 3
     blank.paint((20, 20), 1)
     stroke = np.asarray(blank.data) == 1
-    hand = int((stroke & (engine != 2)).sum())  # pixels the stroke changed to dog
+    hand = int((stroke & (engine != dog)).sum())  # pixels the stroke changed to dog
     assert hand > 0
 
     questions: list[str] = []
@@ -91,9 +94,9 @@ def test_set_asks_before_unlabelling_hand_painted_pixels(qtbot, plugin, rgb_imag
     np.testing.assert_array_equal(layer.data, painted)  # No: nothing changed
     assert w.class_table.label_classes().names == ["background", "cat", "dog"]
 
-    set_classes(qtbot, w, "cat, puppy")  # Yes: dog (engine and hand) unlabelled, cat stays 1
+    set_classes(qtbot, w, "cat, puppy")  # Yes: dog (engine and hand) unlabelled, cat stays
     qtbot.wait(20)
-    np.testing.assert_array_equal(layer.data, np.where(painted == 2, 0, painted))
+    np.testing.assert_array_equal(layer.data, np.where(painted == dog, 0, painted))
     assert w.class_table.label_classes().names == ["background", "cat", "puppy"]
 
     set_classes(qtbot, w, "cat, puppy, grass")  # nothing painted is removed: no question

@@ -153,6 +153,8 @@ class LabelState:
     def record_paint(self, atoms: Iterable[Any], data: np.ndarray) -> int:
         """Log one napari history step (a ``paint`` event); returns the pixels it changed."""
         data = np.asarray(data)
+        if tuple(data.shape) != self.shape:  # the layer's data was replaced: a reset follows
+            return 0
         stroke = stroke_from_atoms(atoms, self.shape)
         if stroke is None:
             return 0
@@ -162,7 +164,8 @@ class LabelState:
     def sync(self, data: np.ndarray) -> None:
         """Follow napari's Ctrl+Z / redo since the last look (read from the data)."""
         data = np.asarray(data)
-        self.log.sync(lambda idx: _flat(data)[idx])
+        if tuple(data.shape) == self.shape:  # else the data was replaced (a reset follows)
+            self.log.sync(lambda idx: _flat(data)[idx])
 
     def edited(self, data: np.ndarray) -> np.ndarray:
         """Boolean mask of the annotator's pixels in ``data`` (the layer's labels now)."""

@@ -31,7 +31,7 @@ __all__ = ["LabelSync", "RunContext", "build_result", "labels_name", "reset_hist
 #: widget each time); a state goes when its layer is removed.
 _STATES: dict[Hashable, LabelState] = {}
 #: The paint-event recorders, one per layer, alive as long as the layer.
-_HOOKS: dict[Hashable, tuple[Any, Callable[[Any], None]]] = {}
+_HOOKS: dict[Hashable, tuple[Any, Callable[[Any], None], Callable[[Any], None]]] = {}
 #: Called with the layer after each recorded stroke (a dock's batch auto-save).
 _LISTENERS: list[Callable[[Any], None]] = []
 #: Layers the plugin is writing right now (their paint events are its own).
@@ -75,17 +75,24 @@ def _record(layer: Any) -> None:
             for listener in list(_LISTENERS):
                 listener(layer)
 
+    def on_set_data(_event: Any = None) -> None:  # napari refreshes after each Ctrl+Z / redo
+        state = _STATES.get(uid)
+        if state is not None and uid not in _WRITING:
+            state.sync(layer.data)
+
     layer.events.paint.connect(on_paint)
-    _HOOKS[uid] = (layer, on_paint)
+    layer.events.set_data.connect(on_set_data)
+    _HOOKS[uid] = (layer, on_paint, on_set_data)
 
 
 def _unrecord(uid: Hashable) -> None:
     hook = _HOOKS.pop(uid, None)
     if hook is not None:
-        try:
-            hook[0].events.paint.disconnect(hook[1])
-        except (TypeError, ValueError, RuntimeError):
-            pass
+        for emitter, callback in ((hook[0].events.paint, hook[1]), (hook[0].events.set_data, hook[2])):
+            try:
+                emitter.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
 
 
 @dataclass
@@ -450,13 +457,12 @@ class LabelSync:
             data = wide
         cleared = 0
         gone = _removed_values(old, new)
-        if gone:
+        if gone:  # a checkpoint even when no pixel holds them: a redo could bring them back
             mask = np.isin(data, gone)
             cleared = int(np.count_nonzero(mask))
-            if cleared:
-                edited = state.edited(data) & ~mask
-                self._write_flat(layer, np.flatnonzero(mask), np.zeros(cleared, data.dtype))
-                state.checkpoint_at(np.asarray(layer.data), edited)
+            edited = state.edited(data) & ~mask
+            self._write_flat(layer, np.flatnonzero(mask), np.zeros(cleared, data.dtype))
+            state.checkpoint_at(np.asarray(layer.data), edited)
             state.forget_values(gone)
         state.classes = new
         self.decorate(layer, new)

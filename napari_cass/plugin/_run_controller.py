@@ -93,6 +93,8 @@ class RunController(QObject):
         self._relay = ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
         self._closed = threading.Event()
+        self._in_progress = False
+        self._pending: tuple[int, str] | None = None
         self._done: threading.Event | None = None
 
     @property
@@ -223,9 +225,14 @@ class RunController(QObject):
             self._pbar_value = 0
             self.started.emit()
         else:
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
+            pbar, self._pbar = self._pbar, None
+            if pbar is not None:
+                if self._in_progress:  # inside the bar's own event processing: close after it
+                    from qtpy.QtCore import QTimer
+
+                    QTimer.singleShot(0, pbar.close)
+                else:
+                    pbar.close()
             self._worker = None
 
     def _on_yielded(self, item: tuple) -> None:
@@ -241,11 +248,23 @@ class RunController(QObject):
         value = round(fraction * 100)
         if value < 100:  # before touching the bar: napari's bar may process events (re-entrancy)
             self.progressed.emit(value, message)
-        if value > self._pbar_value:
-            step, self._pbar_value = value - self._pbar_value, value
-            pbar.update(step)
-        if message and self._pbar is pbar:
-            pbar.set_description(f"CASS: {message}")
+        if self._in_progress:  # napari's bar processes events: a nested report only counts
+            self._pending = (value, message)
+            return
+        self._in_progress = True
+        try:
+            while True:
+                if value > self._pbar_value and self._pbar is pbar:
+                    step, self._pbar_value = value - self._pbar_value, value
+                    pbar.update(step)
+                if message and self._pbar is pbar:
+                    pbar.set_description(f"CASS: {message}")
+                if self._pending is None or self._pbar is not pbar:
+                    break
+                (value, message), self._pending = self._pending, None
+        finally:
+            self._in_progress = False
+            self._pending = None
 
     def shutdown(self, wait: float = 10.0) -> None:
         """Cancel a running job and wait for its thread (dock or viewer closing).

@@ -121,16 +121,39 @@ class StrokeLog:
         self.pushed = 0
 
     def sync(self, values_at: ValuesAt) -> bool:
-        """Move the pointer to where the data says napari's is; True if it moved."""
+        """Move the pointer to where the data says napari's is; True if it moved.
+
+        Called after every napari refresh (each Ctrl+Z or redo is one), so one
+        step at a time is the rule: the newest applied stroke counts as undone
+        only when *all* its pixels hold their old values again (a stroke being
+        drawn over it, half done, moves nothing), and the newest undone stroke
+        as redone when all hold their new values. When both would fit (a
+        stroke followed by its exact inverse, then undone), the redo wins: the
+        pixels stay the annotator's, so a re-run cannot overwrite them.
+        """
         moved = False
-        while self.applied and not np.array_equal(values_at(self.applied[-1].idx), self.applied[-1].new):
-            self.undone.append(self.applied.pop())
-            moved = True
-        if not moved:
-            while self.undone and np.array_equal(values_at(self.undone[-1].idx), self.undone[-1].new):
+        while True:
+            if self.undone and self._redone(values_at):
                 self.applied.append(self.undone.pop())
-                moved = True
-        return moved
+            elif self.applied and np.array_equal(values_at(self.applied[-1].idx), self.applied[-1].old):
+                self.undone.append(self.applied.pop())
+            else:
+                return moved
+            moved = True
+
+    def _redone(self, values_at: ValuesAt) -> bool:
+        """The newest undone stroke holds its new values, and the applied one under it
+        still holds its own wherever the undone one did not paint (else the data shows
+        that applied stroke undone, not this one redone)."""
+        top = self.undone[-1]
+        if not np.array_equal(values_at(top.idx), top.new):
+            return False
+        if not self.applied:
+            return True
+        below = self.applied[-1]
+        outside = ~np.isin(below.idx, top.idx)
+        # Every pixel of ``below`` repainted by ``top``: the exact-inverse tie (see sync).
+        return not outside.any() or np.array_equal(values_at(below.idx[outside]), below.new[outside])
 
     def push(self, stroke: Stroke, values_at: ValuesAt) -> None:
         """A new step: sync with the data as it was before it, then drop the redo list."""
