@@ -297,7 +297,7 @@ def test_allowlisted_archive_with_a_reduce_payload_is_refused(tmp_path: Path,
 def test_no_code_in_the_package_loads_files_unsafely() -> None:
     """No torch.jit.load, no pickle.load(s), torch.load only with weights_only=True."""
     problems = []
-    for source in sorted(Path(napari_cass.plugin.__file__).parent.rglob("*.py")):
+    for source in sorted(Path(napari_cass.__file__).parent.rglob("*.py")):
         tree = ast.parse(source.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
