@@ -60,15 +60,21 @@ def encode_rle(mask: np.ndarray) -> list[int]:
     return np.packbits(np.concatenate((bits, pad))).tolist()
 
 
-def _bits(codes, widths) -> np.ndarray:
-    """The low ``widths[i]`` bits of ``codes[i]``, most significant first, concatenated."""
+def _bits(codes, widths, chunk: int = 1 << 16) -> np.ndarray:
+    """The low ``widths[i]`` bits of ``codes[i]``, most significant first, concatenated.
+
+    Worked in chunks of blocks, so a mask with millions of runs needs a few MB at a time.
+    """
     codes = np.asarray(codes, dtype=np.uint64)
     widths = np.asarray(widths, dtype=np.int64)
     top = int(widths.max())
     shifts = np.arange(top - 1, -1, -1, dtype=np.uint64)
-    table = ((codes[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8)
-    keep = np.arange(top)[None, :] >= (top - widths)[:, None]
-    return table[keep]
+    parts = []
+    for i in range(0, codes.size, chunk):
+        c, w = codes[i:i + chunk], widths[i:i + chunk]
+        table = ((c[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8)
+        parts.append(table[np.arange(top)[None, :] >= (top - w)[:, None]])
+    return np.concatenate(parts)
 
 
 def decode_rle(rle, expected_values: int) -> np.ndarray:
