@@ -23,10 +23,6 @@ from _gui_actions import click, set_classes
 WAIT = 120_000
 #: A laptop screen's width: napari's first window with the dock must fit in it.
 SCREEN_WIDTH = 1366
-#: Set where a test needs the lead's part of the fix (/tmp/polish_for_lead.diff); remove
-#: the marker when it is applied (strict: an unexpected pass fails, as a reminder).
-NEEDS_LEAD_PATCH = pytest.mark.xfail(
-    strict=True, reason="needs the _widget.py / _class_table.py part of the fix")
 
 
 def _segment(qtbot, widget) -> None:
@@ -122,7 +118,6 @@ def test_a_run_that_works_clears_the_red_error(qtbot, plugin, rgb_image, notes: 
     assert not plugin.errors.details_btn.isVisible() and not plugin.errors.copy_btn.isVisible()
 
 
-@NEEDS_LEAD_PATCH
 def test_a_class_edit_that_works_clears_the_red_error(qtbot, plugin, rgb_image, notes: dict) -> None:
     plugin.viewer.add_image(rgb_image, name="pic")
     set_classes(qtbot, plugin, "red, blue")
@@ -177,8 +172,7 @@ def _main_window(widget):
     return next(w for w in windows if w.isAncestorOf(widget))
 
 
-@pytest.mark.parametrize("dock_first", [
-    False, pytest.param(True, marks=NEEDS_LEAD_PATCH)], ids=["shown-then-dock", "dock-then-shown"])
+@pytest.mark.parametrize("dock_first", [False, True], ids=["shown-then-dock", "dock-then-shown"])
 def test_first_window_with_the_dock_fits_a_1366_screen(qtbot, make_napari_viewer, tiny_factory,
                                                        dock_first: bool) -> None:
     from napari.settings import get_settings

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 
 from ._class_files import read_class_file, write_class_file
 from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
+from ._compact import compact_combo
 
 __all__ = ["ClassTable"]
 
@@ -123,12 +124,15 @@ class ClassTable(QWidget):
         self.save_btn.clicked.connect(self._save_dialog)
         self.benchmark_combo.activated.connect(self._on_benchmark_chosen)
 
-        grid = QGridLayout()
+        compact_combo(self.benchmark_combo)  # its longest list name must not widen the dock
+        files = QHBoxLayout()
+        files.addWidget(self.load_btn)
+        files.addWidget(self.save_btn)
+        grid = QGridLayout()  # one thing per row: the dock fits beside napari on a 1366 px screen
         grid.addWidget(QLabel("Background words:"), 0, 0)
-        grid.addWidget(self.background_edit, 0, 1, 1, 3)
+        grid.addWidget(self.background_edit, 0, 1)
         grid.addWidget(self.benchmark_combo, 1, 0, 1, 2)
-        grid.addWidget(self.load_btn, 1, 2)
-        grid.addWidget(self.save_btn, 1, 3)
+        grid.addLayout(files, 2, 0, 1, 2)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -4,7 +4,7 @@ One state per Labels layer, keyed by the layer's ``unique_id`` (napari's proxy
 hands out a new wrapper object on every ``viewer.layers[...]``, so ``id()``
 would lose it). A layer's paint events feed its state for as long as the
 layer lives, dock open or not. A run is merged off the GUI thread
-(:meth:`LabelSync.begin_run` -> :func:`build_result` in the worker ->
+(:meth:`LabelSync.begin_run` -> :func:`._run_merge.build_result` in the worker ->
 :meth:`LabelSync.apply`); the GUI thread swaps the merged array in and resets
 napari's undo history (a checkpoint, see :mod:`._label_state`).
 
@@ -16,15 +16,15 @@ together.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ._classes import META_KEY, LabelClasses, classes_from_layer_meta
-from ._label_state import LabelState, MergePlan, RunStart, prepare_merge
+from ._label_state import LabelState
+from ._run_merge import RunContext, RunOutput
 
-__all__ = ["LabelSync", "RunContext", "build_result", "labels_name", "reset_history"]
+__all__ = ["LabelSync", "labels_name", "reset_history"]
 
 #: Label states of this process, by layer ``unique_id``. Module-level on purpose: a
 #: dock closed and opened again finds the edits it must keep (napari makes a new
@@ -93,85 +93,6 @@ def _unrecord(uid: Hashable) -> None:
                 emitter.disconnect(callback)
             except (TypeError, ValueError, RuntimeError):
                 pass
-
-
-@dataclass
-class RunContext:
-    """What a run needs, taken on the GUI thread when it starts."""
-
-    image_uid: Hashable
-    image_name: str
-    leading: list[tuple[int, ...]]
-    region: np.ndarray | None  # (H, W) bool, or None for the whole image
-    bbox: tuple[slice, slice] | None
-    classes: LabelClasses
-    replace_all: bool
-    confidence: bool
-    settings: dict[str, str] = field(default_factory=dict)
-    shape: tuple[int, ...] = ()
-    dtype: Any = np.uint8
-    target_uid: Hashable | None = None  # the labels layer merged into (None: a new one)
-    start: RunStart | None = None
-    confidence_base: np.ndarray | None = None
-
-
-@dataclass
-class RunOutput:
-    """What the worker hands the GUI thread: merged labels (and confidence)."""
-
-    plan: MergePlan | None  # None: a new labels layer gets ``labels``
-    labels: np.ndarray
-    confidence: np.ndarray | None
-    has_background: bool
-
-
-def build_result(ctx: RunContext, results: list[Any], check: Callable[[], None] | None = None) -> RunOutput:
-    """Assemble the engine's results into full-size labels and merge them (worker thread).
-
-    The engine answers in table rows; the layer holds class values
-    (:meth:`LabelClasses.rows_to_values`). ``check`` is called between slices
-    (it raises to cancel).
-    """
-    classes = ctx.classes
-    dtype = np.dtype(ctx.dtype)
-    raw = np.zeros(ctx.shape, dtype=dtype)
-    where = np.zeros(ctx.shape, dtype=bool)
-    conf = None
-    if ctx.confidence:
-        base = ctx.confidence_base
-        conf = np.array(base, dtype=np.float32, copy=True) if base is not None else np.zeros(ctx.shape, np.float32)
-    lut = classes.rows_to_values(dtype)
-    has_background = False
-    for lead, res in zip(ctx.leading, results):
-        if check is not None:
-            check()
-        has_background = bool(res.has_background)
-        if len(res.mask_classes) != classes.n_labels:
-            raise ValueError(
-                f"The engine returned {len(res.mask_classes)} labels for a table of "
-                f"{classes.n_labels}; please report this."
-            )
-        values = lut[int(res.label_offset):][res.labels]
-        _paste(raw[lead], where[lead], values, ctx)
-        if conf is not None:
-            _paste(conf[lead], None, np.asarray(res.confidence, np.float32), ctx)
-    if check is not None:
-        check()
-    if ctx.start is None:
-        return RunOutput(None, raw, conf, has_background)
-    return RunOutput(prepare_merge(ctx.start, raw, where), raw, conf, has_background)
-
-
-def _paste(dst: np.ndarray, where: np.ndarray | None, src: np.ndarray, ctx: RunContext) -> None:
-    if ctx.bbox is None:
-        dst[...] = src
-        if where is not None:
-            where[...] = True
-        return
-    mask = ctx.region[ctx.bbox]
-    dst[ctx.bbox][mask] = src[mask]
-    if where is not None:
-        where[ctx.bbox] |= mask
 
 
 class LabelSync:
@@ -379,8 +300,11 @@ class LabelSync:
         else:
             state = self.state_for(target)
             merged = state.finish_run(np.asarray(target.data), ctx.start, out.plan)
+            out.plan = None  # raw, where and edited are freed now
             self._swap(target, merged)
             state.classes = classes
+        ctx.start = None
+        ctx.confidence_base = None
         self.decorate(target, classes, meta)
         if out.confidence is not None:
             self._show_confidence(image, out.confidence)

@@ -4,7 +4,7 @@
 * :mod:`._class_table`: the class list (class ids survive reordering);
 * :mod:`._run_panel` / :mod:`._run_controller`: model choice, worker, progress, cancel;
 * :mod:`._server_panel`: the "server…" device (a remote ``napari-cass serve``);
-* :mod:`._label_sync` / :mod:`._label_state`: labels layers, manual edits, run undo;
+* :mod:`._label_sync` / :mod:`._label_state` / :mod:`._run_merge`: labels layers, edits, undo;
 * :mod:`._export_panel`, :mod:`._batch_controller`: export and batch mode;
 * :mod:`._error_panel`: the bounded status / error area.
 
@@ -23,23 +23,29 @@ from ._gl_safety import preload_triton
 
 preload_triton()  # before anything imports torch's compiler stack (see _gl_safety)
 
+from ._memory import return_large_blocks_to_os
+
+return_large_blocks_to_os()  # label maps of big photos: freed memory goes back (see _memory)
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QObject, QSize
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ._batch import BatchPanel
 from ._batch_controller import BatchController
+from ._class_edits import ClassEditsMixin
 from ._class_table import ClassTable
-from ._classes import META_KEY, LabelClasses
+from ._dock_lifecycle import DockLifecycleMixin
 from ._error_panel import ErrorPanel, ask_yes_no, notify
 from ._export_panel import ExportPanel, export_item
 from ._inputs_panel import InputsPanel
 from ._label_state import region_bbox
-from ._label_sync import LabelSync, RunContext, build_result, labels_name
+from ._label_sync import LabelSync, labels_name
+from ._run_merge import RunContext, build_result
 from ._layer_inputs import (
     STACK_ALL,
     STACK_CHOOSE,
@@ -64,8 +70,13 @@ __all__ = [
     "default_segmenter_factory",
 ]
 
+#: Widest size hint of the dock (px): napari sizes its first window from the docks' hints,
+#: and its layer list + canvas take 1089 px (Linux), so 1089 + 9 + 260 fits a 1366 px screen.
+#: The sections' own minimum width wins where a platform's fonts need more.
+DOCK_WIDTH = 260
 
-class CassWidget(QWidget):
+
+class CassWidget(ClassEditsMixin, DockLifecycleMixin, QWidget):
     """Dock widget "CASS segmentation".
 
     Parameters
@@ -143,6 +154,7 @@ class CassWidget(QWidget):
             ("Export", self.export_panel, True), ("Batch (a folder of images)", self.batch_panel, False),
         ):
             section = QCollapsible(title)
+            section.layout().setContentsMargins(0, 0, 0, 0)  # its 9 px sides cost 18 px of width
             section.addWidget(part)
             section.expand(animate=False) if expanded else section.collapse(animate=False)
             column.addWidget(section)
@@ -165,6 +177,14 @@ class CassWidget(QWidget):
         for name in ("replace_all_check", "confidence_check", "segment_btn", "cancel_btn", "undo_btn"):
             setattr(self, name, getattr(self.run_panel, name))
         self.export_btn = self.export_panel.export_btn
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """At most :data:`DOCK_WIDTH` wide, never narrower than the sections' minimum plus the
+        vertical scrollbar (so the first window fits a laptop screen without a horizontal bar)."""
+        hint = super().sizeHint()
+        content = self.scroll.widget().minimumSizeHint().width()
+        bar = self.scroll.verticalScrollBar().sizeHint().width() + 2 * self.scroll.frameWidth()
+        return QSize(min(hint.width(), max(DOCK_WIDTH, content + bar)), hint.height())
 
     @property
     def status_label(self) -> Any:
@@ -210,43 +230,6 @@ class CassWidget(QWidget):
     def _on_layer_removed(self, layer: Any) -> None:
         self.batch.layer_removed(layer)  # saves a batch mask before its layer is gone
         self.sync.forget(layer)
-
-    def _on_image_changed(self, _name: str) -> None:
-        """The table shows the class list of the chosen image's labels layer."""
-        labels = self._current_labels()
-        if labels is None or META_KEY not in labels.metadata:
-            return
-        classes = LabelClasses.from_meta(labels.metadata[META_KEY])
-        self.class_table.set_label_classes(classes, quiet=True)
-        table = self.class_table.label_classes()
-        self.sync.state_for(labels).classes = table
-        self.sync.decorate(labels, table)
-
-    def _on_classes_changed(self) -> None:
-        """Class table edited: remap, recolour and rename the current labels at once."""
-        labels = self._current_labels()
-        if labels is None or self.is_running:
-            return
-        refused = self.batch.refuses(labels, self.class_table.label_classes())
-        if refused:  # saved batch masks would change meaning: put the table back, touch nothing
-            kept = self.sync.state_for(labels).classes or LabelClasses.from_meta(labels.metadata[META_KEY])
-            # deferred: this may run inside the table's own itemChanged (the edited item must live)
-            QTimer.singleShot(0, lambda: self.class_table.set_label_classes(kept, quiet=True))
-            self._say("error", refused)
-            return
-        lost = self.sync.edits_removed(labels, self.class_table.label_classes())
-        if lost:
-            what = ", ".join(f"{n} px of '{name}'" for name, n in lost.items())
-            if not self.confirm(f"This class edit removes classes you painted by hand: {what} in "
-                                f"'{labels.name}' would become unlabelled (0), and Ctrl+Z cannot "
-                                "bring them back. Remove them?"):
-                kept = self.sync.state_for(labels).classes
-                QTimer.singleShot(0, lambda: self.class_table.set_label_classes(kept, quiet=True))
-                self.errors.set_status("class edit undone: the painted pixels are kept")
-                return
-        cleared = self.sync.classes_changed(labels, self.class_table.label_classes())
-        if cleared:
-            self.errors.set_status(f"{cleared} px of removed classes are now unlabelled (0)")
 
     # ========================================================== segmentation
     @property
@@ -338,8 +321,9 @@ class CassWidget(QWidget):
             else:
                 self.errors.set_error(message)
             return
+        output, job.output = job.output, None  # the merge's full-size arrays go with this call
         try:
-            labels = self.sync.apply(ctx, job.output)
+            labels = self.sync.apply(ctx, output)
             self._on_classes_changed()  # the table may have been edited during the run
         except ValueError as err:
             self.errors.set_error(str(err))
@@ -387,11 +371,17 @@ class CassWidget(QWidget):
     # ================================================================ batch
     def batch_open(self, image_dir: str, output_dir: str) -> bool:
         """Open (or resume) a batch folder."""
-        return self.batch.open(image_dir, output_dir)
+        ok = self.batch.open(image_dir, output_dir)
+        if ok:
+            self.errors.clear_error()  # opened: an earlier error no longer stands
+        return ok
 
     def batch_step(self, step: int) -> bool:
         """Save the current mask, then go ``step`` images forward (or back)."""
-        return self.batch.step(step)
+        ok = self.batch.step(step)
+        if ok:
+            self.errors.clear_error()
+        return ok
 
     def batch_save(self) -> bool:
         return self.batch.save()
@@ -414,49 +404,3 @@ class CassWidget(QWidget):
         })
         if taken:
             notify("warning", f"napari-cass: {', '.join(taken)} already bound; those shortcuts are not set.")
-
-    # ============================================================ lifecycle
-    def cleanup(self) -> None:
-        """Save, unbind the shortcuts, disconnect from the viewer (the dock is closing)."""
-        if self._closed:
-            return
-        self._closed = True
-        self.batch.close()
-        self.shortcuts.unbind()
-        self.runner.shutdown()
-        self.inputs.disconnect_viewer()
-        self.sync.disconnect_all()
-        if self._window is not None:
-            self._window.removeEventFilter(self)
-            self._window = None
-        save_settings(self.current_settings())
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        if self.parent() is not None:
-            self._docked = True
-        window = self.window()
-        if window is not self and window is not self._window:
-            if self._window is not None:
-                self._window.removeEventFilter(self)
-            window.installEventFilter(self)  # the viewer window closing: save first
-            self._window = window
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        if obj is self._window and event.type() == QEvent.Type.Close:
-            self.cleanup()
-        return False
-
-    def event(self, event: QEvent) -> bool:
-        # napari's dock close button takes the widget out of its dock (setParent(None))
-        # without closing it: that is the moment to clean up.
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:
-                self.cleanup()
-        return super().event(event)
-
-    def closeEvent(self, event: Any) -> None:
-        self.cleanup()
-        super().closeEvent(event)

@@ -123,6 +123,7 @@ def _run(job: SegmentJob) -> Generator[tuple, None, Any]:
             raise SegmentationCancelled("Segmentation cancelled.")
 
     report(ENGINE_SHARE, "merging into the labels layer…")
+    import pandas  # noqa: F401 - napari imports it for layer.features: not on the GUI thread
     meta = JobOutput(
         None, all(getattr(r, "from_cache", False) for r in results), len(results),
         dict(getattr(results[-1], "timings", {})) if results else {},
