@@ -288,7 +288,9 @@ class LabelSync:
         meta[LINK_KEY] = image.unique_id
         target = self.layer_by_uid(ctx.target_uid, Labels) if ctx.target_uid is not None else None
         if target is None or out.plan is None or ctx.start is None:
-            labels = out.labels if out.plan is None else out.plan.merged
+            # a new layer (also when the user deleted the old one during the run: nothing of
+            # it comes back) holds the engine's answer
+            labels = out.labels
             if target is None:
                 target = self.viewer.add_labels(
                     labels, name=labels_name(image.name), scale=image.scale,
