@@ -166,8 +166,6 @@ def finish_logits(
     query_class = torch.cat(
         [torch.full((b - a,), i, dtype=torch.int32) for i, (a, b) in enumerate(groups)]
     ).to(device)
-    labels = np.empty((h0, w0), np.int32)
-    confidence = np.empty((h0, w0), np.float32)
     probs = None
     if return_probabilities:
         probs = np.empty((len(groups), -(-h0 // stride), -(-w0 // stride)), np.float32)
@@ -180,6 +178,8 @@ def finish_logits(
             probs=probs, probability_stride=stride, on_tile=on_band,
         )
         return Finished(labels=labels, confidence=confidence, probabilities=probs)
+    labels = np.empty((h0, w0), np.int32)
+    confidence = np.empty((h0, w0), np.float32)
     rows_all = bilinear_taps(h0, h, device)
     cols = bilinear_taps(w0, w, device)
     for r0 in range(0, h0, band):

@@ -72,8 +72,8 @@ class Segmenter:
         forces float32). False: float32 everywhere.
     refine : str, optional
         Boundary refinement before the argmax: ``"pamr"`` (PAMR, as in the authors'
-        code: 10 iterations, dilations 8 and 16, guided by the original image; by the
-        model input resized back under ``reference_quirks``) or ``"none"``. ``None``:
+        code: 10 iterations, dilations 8 and 16, guided by the model input resized back
+        to the image's size) or ``"none"``. ``None``:
         the preset's :attr:`Preset.refine`. :meth:`segment` can override it per call.
     **options
         Ablations: ``vfm_graph``, ``matching``, ``low_rank``, ``eigenscaling``,
