@@ -197,3 +197,18 @@ def test_first_window_with_the_dock_fits_a_1366_screen(qtbot, make_napari_viewer
                widget.batch_panel.open_btn, widget.batch_panel.next_btn]
     for button in buttons:
         assert _inside_viewport(widget, button), button.text()
+
+
+def test_a_benchmark_list_fills_the_quick_entry_box(qtbot, plugin, rgb_image) -> None:
+    """Choosing a list, then Set, used to put back the classes typed before (21 removed)."""
+    plugin.viewer.add_image(rgb_image, name="pic")
+    set_classes(qtbot, plugin, "cat, dog")
+    table = plugin.class_table
+    names = [table.benchmark_combo.itemText(i) for i in range(table.benchmark_combo.count())]
+    voc = next(n for n in names if "voc" in n.lower())
+    table.load_benchmark(voc)
+    loaded = table.label_classes()
+    assert loaded.n_labels > 10 and "cat" not in table.text.toPlainText().split(", ")[:1]
+    table.set_btn.click()  # Set now keeps the list: nothing removed, no question
+    after = table.label_classes()
+    assert after.names == loaded.names and after.synonyms == loaded.synonyms

@@ -269,6 +269,7 @@ class ClassTable(QWidget):
                                background=row == 0)
         finally:
             self._updating = False
+        self.sync_text()
         if not quiet:
             self.changed.emit()
 
@@ -318,6 +319,7 @@ class ClassTable(QWidget):
                 prompts = [replace(prompts[0], queries=words), *prompts[1:]]
             self.background_edit.setText("")
             self.set_classes(prompts)
+            self.sync_text()  # else Set would put back the classes typed before the list
 
     def add_class(self, name: str | None = None, synonyms: Sequence[str] = ()) -> int:
         """Append a class row (a fresh unique name if none is given); returns its label."""
@@ -373,6 +375,15 @@ class ClassTable(QWidget):
             self._paint_swatch(item, np.asarray(rgb))
             self.changed.emit()
 
+    def sync_text(self) -> None:
+        """Show the table in the quick-entry box (one line: ``a | synonym, b, c``).
+
+        After a list, a file or another image's classes fill the table, pressing
+        Set must not bring back the classes typed earlier.
+        """
+        lc = self.label_classes()
+        self.text.setPlainText(", ".join(" | ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:])))
+
     def classes_text(self) -> str:
         """The table in the one-class-per-line text format (for settings and .txt files)."""
         lc = self.label_classes()
@@ -384,6 +395,7 @@ class ClassTable(QWidget):
         prompts, colors, background = read_class_file(path)
         self.background_edit.setText(", ".join(background))
         self.set_classes(prompts, colors)
+        self.sync_text()
 
     def save_file(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write ``.json`` (napari-cass classes.json) or text (one class per line)."""
