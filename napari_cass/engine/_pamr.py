@@ -98,30 +98,36 @@ def pamr_affinity(image: torch.Tensor, dilations=PAMR_DILATIONS) -> torch.Tensor
     channel is scaled or shifted (the difference is divided by the channel's local spread),
     so 0..255 pixels and normalised ones give the same weights but for the ``1e-8`` guard.
     """
-    x = image.float()
-    c, h, w = x.shape
+    c, h, w = image.shape
     pad = max(int(d) for d in dilations)
-    xp = _replicate(x, pad)
+    xp = _replicate(image.float(), pad)  # the centre values are its interior: no second copy
     offsets = _neighbours(dilations)
-    # sample std over, per dilation, the centre and its 8 neighbours (18 values, / 17)
+    # sample std over, per dilation, the centre and its 8 neighbours (18 values, / 17);
+    # one channel at a time, so the temporaries are single maps
     values = [(0, 0) if i % 9 == 0 else offsets[i - 1 - i // 9] for i in range(9 * len(dilations))]
-    total = torch.zeros_like(x)
-    for dy, dx in values:
-        total += _view(xp, pad, dy, dx, h, w)
-    mean = total / len(values)
-    var = torch.zeros_like(x)
-    for dy, dx in values:
-        dev = _view(xp, pad, dy, dx, h, w) - mean
-        var += dev * dev
-    del total, mean
-    denom = var.div_(len(values) - 1).sqrt_().mul_(0.1).add_(1e-8)
-    aff = torch.empty((len(offsets), h, w), dtype=x.dtype, device=x.device)
+    denom = torch.empty((c, h, w), dtype=xp.dtype, device=xp.device)
+    for ch in range(c):
+        total = torch.zeros((h, w), dtype=xp.dtype, device=xp.device)
+        for dy, dx in values:
+            total += _view(xp[ch], pad, dy, dx, h, w)
+        mean = total.div_(len(values))
+        var = torch.zeros_like(mean)
+        for dy, dx in values:
+            dev = _view(xp[ch], pad, dy, dx, h, w) - mean
+            var += dev.mul_(dev)
+        denom[ch] = var.div_(len(values) - 1).sqrt_().mul_(0.1).add_(1e-8)
+        del total, mean, var, dev
+    aff = torch.empty((len(offsets), h, w), dtype=xp.dtype, device=xp.device)
     for n, (dy, dx) in enumerate(offsets):
-        diff = (x - _view(xp, pad, dy, dx, h, w)).abs_().neg_().div_(denom)
-        acc = diff[0].clone()
-        for ch in range(1, c):
-            acc += diff[ch]
-        aff[n] = acc / c
+        # mean over channels of -|x - x_n| / denom, summed in channel order
+        acc = aff[n]
+        for ch in range(c):
+            diff = (_view(xp[ch], pad, 0, 0, h, w) - _view(xp[ch], pad, dy, dx, h, w)).abs_().div_(denom[ch])
+            if ch == 0:
+                torch.neg(diff, out=acc)
+            else:
+                acc -= diff
+        acc /= c
     del xp, denom
     # softmax over the neighbours, element-wise in a fixed order (shape-independent rounding)
     top = aff[0].clone()

@@ -31,12 +31,14 @@ __all__ = [
     "PAMR_ELEMENTS", "ImageSource", "finish_refined", "guide_for", "original_guide", "refine_tile_size", "resized_guide",
 ]
 
-#: Floats (4 bytes each) a tile may use: 64 MB.
-PAMR_ELEMENTS = 16_000_000
+#: Floats (4 bytes each) a tile may use: 48 MB.
+PAMR_ELEMENTS = 12_000_000
 # Floats per pixel of a grown tile: 16 affinity maps plus the temporaries of computing
-# them (~28 at the peak), or 16 + 4 per query refined at once; 3 queries at a time.
-_PER_PIXEL = 28
-_QUERIES_AT_ONCE = 3
+# them (~7: the padded guide, the spreads, one difference), or 16 + ~3.5 per query refined
+# at once (logits, next step, padded copy); 2 queries at a time. Measured on 6000 x 4000
+# with 150 queries: see benchmarks/bench_pamr.py memory.
+_PER_PIXEL = 24
+_QUERIES_AT_ONCE = 2
 _MIN_CORE = 64
 
 #: ``guide(y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)`` float32: the image PAMR follows.
