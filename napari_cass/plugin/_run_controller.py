@@ -144,7 +144,7 @@ class RunController(QObject):
 
     # --------------------------------------------------------------- run
     def start(self, images: list, prompts: list, background: list[str] | None, key: ModelKey,
-              finish: Callable[..., Any] | None = None) -> None:
+              finish: Callable[..., Any] | None = None, refine: str | None = None) -> None:
         """Start a job; ``finished`` is emitted exactly once afterwards (unless shut down).
 
         ``finish(results, check)`` runs in the worker after the engine (the merge
@@ -163,7 +163,7 @@ class RunController(QObject):
         job = SegmentJob(
             images=images, classes=prompts, background=background,
             build=lambda: self._segmenter_for(key, cancel), cancel_event=cancel,
-            report=report, finish=finish,
+            report=report, finish=finish, refine=refine,
         )
         started = time.perf_counter()
         self._set_running(True)

@@ -102,6 +102,11 @@ class RunPanel(QWidget):
         )
         self.confidence_check = QCheckBox("Confidence layer")
         self.confidence_check.setToolTip("Also add the max class probability, to spot doubtful areas.")
+        self.refine_check = QCheckBox("Refine boundaries")
+        self.refine_check.setToolTip(
+            "PAMR (as in the CASS authors' code): boundaries follow the image's edges instead of "
+            "the 16-px patch grid. Costs about as much again as the full-resolution stage."
+        )
         self.segment_btn = QPushButton(f"Segment ({_key('segment')})")
         self.segment_btn.setToolTip(
             f"Segment the image with the class list ({_key('segment')}). "
@@ -127,7 +132,8 @@ class RunPanel(QWidget):
         grid.addWidget(self.undo_btn, 1, 0)
         grid.addWidget(self.replace_all_check, 2, 0, 1, 2)
         grid.addWidget(self.confidence_check, 3, 0, 1, 2)
-        grid.addWidget(self.shortcuts_label, 4, 0, 1, 2)
+        grid.addWidget(self.refine_check, 4, 0, 1, 2)
+        grid.addWidget(self.shortcuts_label, 5, 0, 1, 2)
 
     def set_running(self, running: bool) -> None:
         self.segment_btn.setEnabled(not running)

@@ -39,6 +39,7 @@ class WidgetSettings:
     background: str = ""
     stack_mode: str = "choose for stacks…"
     show_confidence: bool = False
+    refine_boundaries: bool = False
     #: The "server…" device: URL, token file path, and a pasted token (see :func:`save_settings`).
     server_url: str = ""
     server_token_file: str = ""

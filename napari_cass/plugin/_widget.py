@@ -174,7 +174,8 @@ class CassWidget(ClassEditsMixin, DockLifecycleMixin, QWidget):
         for name in ("method_combo", "preset_combo", "clip_combo", "vfm_combo", "device_combo",
                      "device_label"):
             setattr(self, name, getattr(self.model, name))
-        for name in ("replace_all_check", "confidence_check", "segment_btn", "cancel_btn", "undo_btn"):
+        for name in ("replace_all_check", "confidence_check", "refine_check", "segment_btn",
+                     "cancel_btn", "undo_btn"):
             setattr(self, name, getattr(self.run_panel, name))
         self.export_btn = self.export_panel.export_btn
 
@@ -296,9 +297,12 @@ class CassWidget(ClassEditsMixin, DockLifecycleMixin, QWidget):
             from napari_cass.server import url_without_credentials
 
             ctx.settings["server"] = url_without_credentials(factory.url)
+        refine = "pamr" if self.refine_check.isChecked() else None
+        ctx.settings["refine"] = refine or "none"  # recorded with the labels
         self._ctx = ctx
         self.runner.start(images, prompts, classes.background(), key,
-                          finish=lambda results, check: build_result(ctx, results, check))
+                          finish=lambda results, check: build_result(ctx, results, check),
+                          refine=refine)
         return True
 
     def cancel(self) -> None:

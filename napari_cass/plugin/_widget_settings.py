@@ -25,6 +25,7 @@ def apply_settings(widget: Any, s: WidgetSettings) -> None:
         if idx >= 0:
             combo.setCurrentIndex(idx)
     widget.confidence_check.setChecked(s.show_confidence)
+    widget.refine_check.setChecked(s.refine_boundaries)
     server = widget.model.server
     server.url_edit.setText(s.server_url)
     server.token_file_edit.setText(s.server_token_file)
@@ -51,6 +52,7 @@ def settings_of(widget: Any) -> WidgetSettings:
         background=widget.class_table.background_edit.text(),
         stack_mode=widget.stack_combo.currentText(),
         show_confidence=widget.confidence_check.isChecked(),
+        refine_boundaries=widget.refine_check.isChecked(),
         server_url=widget.model.server.url_edit.text().strip(),
         server_token_file=widget.model.server.token_file_edit.text().strip(),
         server_token=widget.model.server.token_edit.text().strip(),  # saved only if private

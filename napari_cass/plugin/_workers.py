@@ -41,6 +41,9 @@ class SegmentJob:
     build: Callable[[], Any]
     cancel_event: threading.Event = field(default_factory=threading.Event)
     report: Callable[[float, str], None] | None = None
+    #: ``"pamr"`` to refine boundaries; None leaves the segmenter's default (and works with
+    #: a custom ``segmenter_factory`` whose ``segment`` takes no ``refine``).
+    refine: str | None = None
     #: ``finish(results, check)``: merge into the layer's labels, in the worker thread.
     finish: Callable[[list[Any], Callable[[], None]], Any] | None = None
 
@@ -111,6 +114,7 @@ def _run(job: SegmentJob) -> Generator[tuple, None, Any]:
             segmenter.segment(
                 image, list(job.classes), progress=progress,
                 cancel=job.cancel_event.is_set, background=job.background,
+                **({"refine": job.refine} if job.refine else {}),
             )
         )
         report(ENGINE_SHARE * (i + 1) / total, f"slice {i + 1}/{total} done" if total > 1 else "done")
