@@ -54,7 +54,6 @@ def boundary(args) -> None:
     rows = []
     for name, quirks in variants.items():
         bf, per = BoundaryCounts(), {}
-        inter = union = 0
         start = time.perf_counter()
         for sc in scenes:
             lg = coarse_logits(sc.truth, sc.classes)

@@ -82,12 +82,12 @@ def labels_to_coco(labels: np.ndarray, names: Sequence[str], image_id: int, file
         {"id": v + 1, "name": names[v], "supercategory": "object", "label_value": v,
          **({} if things is None else {"isthing": int(v in thing_set)})} for v in present
     ]
+    from scipy import ndimage
+
     annotations: list[dict[str, Any]] = []
     for v in present:
         mask = lab == v
         if v in thing_set:
-            from scipy import ndimage
-
             regions, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
             for r in range(1, count + 1):
                 region = regions == r
@@ -104,8 +104,6 @@ def labels_to_coco(labels: np.ndarray, names: Sequence[str], image_id: int, file
                 "iscrowd": 0,
             })
             continue
-        from scipy import ndimage
-
         regions, count = ndimage.label(mask)
         for r in range(1, count + 1):
             region = regions == r
