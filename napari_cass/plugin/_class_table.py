@@ -11,8 +11,6 @@ row with the same name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
@@ -20,7 +18,6 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QColorDialog,
     QComboBox,
-    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
@@ -34,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._class_files import read_class_file, write_class_file
+from ._class_lists import ClassListsMixin
 from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
 from ._compact import compact_combo
 
@@ -43,14 +40,13 @@ __all__ = ["ClassTable"]
 _COLOR, _NAME, _SYN = 0, 1, 2
 _ID_ROLE = Qt.ItemDataRole.UserRole + 1
 _NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # the last accepted name (a bad edit goes back to it)
-_CHOOSE_LIST = "Benchmark class list…"
 
 
 def _split_words(text: str) -> list[str]:
     return [w.strip() for w in text.replace("|", ",").split(",") if w.strip()]
 
 
-class ClassTable(QWidget):
+class ClassTable(ClassListsMixin, QWidget):
     """Editable class list; emits ``changed`` whenever names, synonyms or colours change."""
 
     changed = Signal()
@@ -145,14 +141,6 @@ class ClassTable(QWidget):
         self._set_rows([], [], None)
 
     # ------------------------------------------------------------------ model
-    def _fill_benchmarks(self) -> None:
-        from napari_cass.engine import BENCHMARK_CLASS_LISTS
-
-        self.benchmark_combo.addItem(_CHOOSE_LIST)
-        for name in BENCHMARK_CLASS_LISTS:
-            self.benchmark_combo.addItem(name)
-        self.benchmark_combo.setToolTip("Fill the table with a benchmark's classes and synonyms.")
-
     def _set_rows(
         self,
         names: Sequence[str],
@@ -306,21 +294,6 @@ class ClassTable(QWidget):
         self.set_classes(prompts)
         return True
 
-    def load_benchmark(self, name: str) -> None:
-        from napari_cass.engine import benchmark_classes
-
-        if name not in ("", _CHOOSE_LIST):
-            prompts = benchmark_classes(name)
-            if prompts and prompts[0].name.casefold() == BACKGROUND_NAME:
-                # COCO-Object's background reuses class words ("bed"): the evaluation keeps
-                # them (as the paper), an annotator's run would refuse them, so drop them here.
-                taken = {w.casefold() for p in prompts[1:] for w in (p.name, *p.queries)}
-                words = tuple(w for w in prompts[0].queries if w.casefold() not in taken)
-                prompts = [replace(prompts[0], queries=words), *prompts[1:]]
-            self.background_edit.setText("")
-            self.set_classes(prompts)
-            self.sync_text()  # else Set would put back the classes typed before the list
-
     def add_class(self, name: str | None = None, synonyms: Sequence[str] = ()) -> int:
         """Append a class row (a fresh unique name if none is given); returns its label."""
         existing = {self.table.item(r, _NAME).text().casefold() for r in range(self.table.rowCount())}
@@ -375,52 +348,6 @@ class ClassTable(QWidget):
             self._paint_swatch(item, np.asarray(rgb))
             self.changed.emit()
 
-    def sync_text(self) -> None:
-        """Show the table in the quick-entry box (one line: ``a | synonym, b, c``).
-
-        After a list, a file or another image's classes fill the table, pressing
-        Set must not bring back the classes typed earlier.
-        """
-        lc = self.label_classes()
-        self.text.setPlainText(", ".join(" | ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:])))
-
-    def classes_text(self) -> str:
-        """The table in the one-class-per-line text format (for settings and .txt files)."""
-        lc = self.label_classes()
-        return "\n".join(", ".join([n, *s]) for n, s in zip(lc.names[1:], lc.synonyms[1:]))
-
-    # ------------------------------------------------------------------ files
-    def load_file(self, path: str | Path) -> None:
-        """Load classes.json (with colours) or any file ``load_class_file`` reads."""
-        prompts, colors, background = read_class_file(path)
-        self.background_edit.setText(", ".join(background))
-        self.set_classes(prompts, colors)
-        self.sync_text()
-
-    def save_file(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``.json`` (napari-cass classes.json) or text (one class per line)."""
-        return write_class_file(path, self.label_classes(), overwrite=overwrite)
-
-    def _load_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load class list", "", "Class lists (*.json *.txt);;All files (*)"
-        )
-        if path:
-            try:
-                self.load_file(path)
-            except (ValueError, OSError) as err:
-                self.error.emit(str(err))
-
-    def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save class list", "classes.json", "classes.json (*.json);;Text (*.txt)"
-        )
-        if path:
-            try:  # the save dialog already asked before replacing an existing file
-                self.save_file(path, overwrite=True)
-            except (ValueError, OSError) as err:
-                self.error.emit(str(err))
-
     # ----------------------------------------------------------------- events
     def _on_cell_clicked(self, row: int, col: int) -> None:
         if col != _COLOR or row == 0:
@@ -467,11 +394,3 @@ class ClassTable(QWidget):
             item.setText(", ".join(_split_words(text)))
             self._updating = False
         self.changed.emit()
-
-    def _on_benchmark_chosen(self, index: int) -> None:
-        name = self.benchmark_combo.itemText(index)
-        self.benchmark_combo.setCurrentIndex(0)
-        try:
-            self.load_benchmark(name)
-        except ValueError as err:
-            self.error.emit(str(err))
