@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._class_lists import ClassListsMixin
+from ._class_roles import ROLE_DATA, ClassRolesMixin
 from ._classes import BACKGROUND_NAME, LabelClasses, default_colors
 from ._compact import compact_combo
 
@@ -46,7 +47,7 @@ def _split_words(text: str) -> list[str]:
     return [w.strip() for w in text.replace("|", ",").split(",") if w.strip()]
 
 
-class ClassTable(ClassListsMixin, QWidget):
+class ClassTable(ClassRolesMixin, ClassListsMixin, QWidget):
     """Editable class list; emits ``changed`` whenever names, synonyms or colours change."""
 
     changed = Signal()
@@ -135,6 +136,7 @@ class ClassTable(ClassListsMixin, QWidget):
         layout.addLayout(text_row)
         layout.addWidget(self.table)
         layout.addLayout(row_btns)
+        layout.addLayout(self._role_buttons())
         layout.addLayout(grid)
 
         self._fill_benchmarks()
@@ -148,6 +150,7 @@ class ClassTable(ClassListsMixin, QWidget):
         colors: np.ndarray | None,
     ) -> None:
         by_name = {self._row_name(r).casefold(): self._row_id(r) for r in range(1, self.table.rowCount())}
+        roles = {self._row_name(r).casefold(): self.role_of(r) for r in range(1, self.table.rowCount())}
         ids = [by_name.get(str(nm).strip().casefold()) or self._new_id() for nm in names]
         self._updating = True
         try:
@@ -161,9 +164,11 @@ class ClassTable(ClassListsMixin, QWidget):
             self._number_rows()
             self._fill_row(0, BACKGROUND_NAME, self.background_words(), colors[0], 0, background=True)
             for i, (name, syn) in enumerate(zip(names, synonyms), start=1):
-                self._fill_row(i, name, list(syn), colors[i], ids[i - 1])
+                self._fill_row(i, name, list(syn), colors[i], ids[i - 1],
+                               role=roles.get(str(name).strip().casefold(), ""))
         finally:
             self._updating = False
+        self._number_rows()
         self.changed.emit()
 
     def _new_id(self) -> int:
@@ -181,7 +186,7 @@ class ClassTable(ClassListsMixin, QWidget):
 
     def _fill_row(
         self, row: int, name: str, synonyms: list[str], color: np.ndarray, class_id: int,
-        background: bool = False,
+        background: bool = False, role: str = "",
     ) -> None:
         swatch = QTableWidgetItem("")
         swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
@@ -189,6 +194,7 @@ class ClassTable(ClassListsMixin, QWidget):
         name_item = QTableWidgetItem(name)
         name_item.setData(_ID_ROLE, int(class_id))
         name_item.setData(_NAME_ROLE, name)
+        name_item.setData(ROLE_DATA, role)
         syn_item = QTableWidgetItem(", ".join(synonyms))
         if background:
             name_item.setFlags(Qt.ItemFlag.ItemIsEnabled)
@@ -201,10 +207,6 @@ class ClassTable(ClassListsMixin, QWidget):
         self.table.setItem(row, _COLOR, swatch)
         self.table.setItem(row, _NAME, name_item)
         self.table.setItem(row, _SYN, syn_item)
-
-    def _number_rows(self) -> None:
-        """Row headers show the label value (0 = background), not Qt's 1-based count."""
-        self.table.setVerticalHeaderLabels([str(k) for k in range(self.table.rowCount())])
 
     @staticmethod
     def _paint_swatch(item: QTableWidgetItem, color: np.ndarray) -> None:
@@ -233,7 +235,8 @@ class ClassTable(ClassListsMixin, QWidget):
             colors.append(sw.data(Qt.ItemDataRole.UserRole) if sw else (0, 0, 0))
         bg = self.background_words()
         synonyms[0] = bg
-        return LabelClasses(names, np.asarray(colors, dtype=np.uint8), synonyms, bg, ids)
+        roles = [self.role_of(r) for r in range(self.table.rowCount())]
+        return LabelClasses(names, np.asarray(colors, dtype=np.uint8), synonyms, bg, ids, roles)
 
     def set_label_classes(self, classes: LabelClasses, quiet: bool = False) -> None:
         """Show ``classes`` (a layer's class list), keeping its ids when it has them.
@@ -254,9 +257,10 @@ class ClassTable(ClassListsMixin, QWidget):
                 self._next_id = max(self._next_id, cid + 1)
                 words = classes.background_words if row == 0 else classes.synonyms[row]
                 self._fill_row(row, classes.names[row], list(words), classes.colors[row], cid,
-                               background=row == 0)
+                               background=row == 0, role=classes.roles[row])
         finally:
             self._updating = False
+        self._number_rows()
         self.sync_text()
         if not quiet:
             self.changed.emit()
@@ -340,6 +344,7 @@ class ClassTable(ClassListsMixin, QWidget):
         finally:
             self._updating = False
         self.table.setCurrentCell(target, _NAME)
+        self._number_rows()
         self.changed.emit()
 
     def set_color(self, row: int, rgb: Sequence[int]) -> None:

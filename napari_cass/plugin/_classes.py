@@ -54,12 +54,19 @@ class LabelClasses:
     synonyms: list[list[str]] = field(default_factory=list)
     background_words: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    #: Per row: "" (a class the engine labels), "ignore" (ambiguous regions, painted by
+    #: hand, never asked of the engine; 255 in PNG masks) or "thing" (COCO: one
+    #: annotation per connected region). At most one row is "ignore".
+    roles: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
         if not self.synonyms:
             self.synonyms = [[] for _ in self.names]
         self.ids = [int(i) for i in self.ids]
+        self.roles = [str(r) if r in ("ignore", "thing") else "" for r in self.roles] or [""] * len(self.names)
+        if len(self.roles) != len(self.names) or self.roles[0] or self.roles.count("ignore") > 1:
+            raise ValueError("Class roles: one per class, none for the background, one 'ignore' at most.")
         if self.ids and len(self.ids) != len(self.names):
             raise ValueError(f"{len(self.ids)} class ids for {len(self.names)} classes.")
         if not (len(self.names) == len(self.colors) == len(self.synonyms)):
@@ -82,9 +89,10 @@ class LabelClasses:
         """
         from napari_cass.engine import ClassPrompt, normalize_classes
 
-        items = [
+        items = [  # the ignore class is painted by hand: the engine never proposes it
             ClassPrompt.from_words([name, *syn], name=name)
-            for name, syn in zip(self.names[1:], self.synonyms[1:])
+            for name, syn, role in zip(self.names[1:], self.synonyms[1:], self.roles[1:])
+            if role != "ignore"
         ]
         for name in self.names[1:]:
             if name.strip().casefold() == BACKGROUND_NAME:
@@ -141,25 +149,39 @@ class LabelClasses:
             top = int(data.max()) if data.size else 0
             if top >= self.n_labels:
                 raise ValueError(
-                    f"The labels hold value {top}, but no class has it (the table has labels "
-                    f"0..{self.n_labels - 1}): add a class for it or erase those pixels."
+                    f"The layer holds label {top}, but its class list has only labels "
+                    f"0..{self.n_labels - 1}: add classes in the CASS widget or erase those pixels."
                 )
             return data
         present = np.unique(data) if data.size else np.zeros(0, data.dtype)
         unknown = [int(v) for v in present if int(v) not in values]
         if unknown:
             raise ValueError(
-                f"The labels hold value {unknown[0]}, which no class in the table has: add a "
-                "class for it or erase those pixels."
+                f"The layer holds label {unknown[0]}, which no class in its class list has: add "
+                "the class in the CASS widget or erase those pixels."
             )
         lut = np.zeros(max(values) + 1, dtype=np.uint8 if self.n_labels <= 256 else np.uint16)
         lut[np.asarray(values)] = np.arange(self.n_labels)
         return lut[data]
 
+    @property
+    def ignore_row(self) -> int | None:
+        """The row of the ignore class, or None."""
+        return self.roles.index("ignore") if "ignore" in self.roles else None
+
+    @property
+    def thing_rows(self) -> list[int]:
+        return [k for k, r in enumerate(self.roles) if r == "thing"]
+
+    def engine_values(self, dtype: Any = np.uint16) -> np.ndarray:
+        """Label value of each engine answer: row 0, then the classes it is asked about."""
+        return np.asarray([v for v, r in zip(self.values, self.roles) if r != "ignore"], dtype=dtype)
+
     def in_row_order(self) -> LabelClasses:
         """The same classes with ids dropped: what a file written by :meth:`to_rows` holds."""
         return LabelClasses(list(self.names), self.colors.copy(),
-                            [list(s) for s in self.synonyms], list(self.background_words))
+                            [list(s) for s in self.synonyms], list(self.background_words),
+                            roles=list(self.roles))
 
     def color_dict(self) -> dict[int | None, np.ndarray]:
         """Label value -> RGBA for napari's DirectLabelColormap.
@@ -188,6 +210,7 @@ class LabelClasses:
             "synonyms": [list(s) for s in self.synonyms],
             "background_words": list(self.background_words),
             "class_ids": list(self.ids),
+            "roles": list(self.roles),
             **extra,
         }
 
@@ -199,6 +222,7 @@ class LabelClasses:
             synonyms=[[str(w) for w in s] for s in meta.get("synonyms", [])] or [],
             background_words=[str(w) for w in meta.get("background_words", [])],
             ids=[int(i) for i in meta.get("class_ids", [])],
+            roles=[str(r) for r in meta.get("roles", [])],
         )
 
     @classmethod

@@ -47,6 +47,7 @@ def export_item(folder: str | Path, image: Any, labels: Any, fallback: LabelClas
         return export_dataset_item(
             folder, image.name, shown, rows, classes.names, classes.colors,
             overwrite=False, synonyms=classes.synonyms,
+            ignore_class=classes.ignore_row, things=classes.thing_rows or None,
         )
     except FileExistsError:
         stem = safe_filename(image.name)

@@ -68,16 +68,16 @@ def build_result(ctx: RunContext, results: list[Any], check: Callable[[], None] 
     if ctx.confidence:
         base = ctx.confidence_base
         conf = np.array(base, dtype=np.float32, copy=True) if base is not None else np.zeros(ctx.shape, np.float32)
-    lut = classes.rows_to_values(dtype)
+    lut = classes.engine_values(dtype)  # the engine answers in the rows it was asked about
     has_background = False
     for lead, res in zip(ctx.leading, results):
         if check is not None:
             check()
         has_background = bool(res.has_background)
-        if len(res.mask_classes) != classes.n_labels:
+        if len(res.mask_classes) != len(lut):
             raise ValueError(
-                f"The engine returned {len(res.mask_classes)} labels for a table of "
-                f"{classes.n_labels}; please report this."
+                f"The engine returned {len(res.mask_classes)} labels for the {len(lut)} it was "
+                "asked about; please report this."
             )
         values = lut[int(res.label_offset):][res.labels]
         _paste(raw[lead], where[lead], values, ctx)

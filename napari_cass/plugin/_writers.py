@@ -98,7 +98,7 @@ def layer_classes(data: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, L
     try:
         rows = classes.to_rows(data)
     except ValueError as err:
-        raise LabelsWriterError(f"{err} (in the CASS widget: Classes).") from None
+        raise LabelsWriterError(str(err)) from None
     return rows, classes.in_row_order()
 
 
@@ -137,6 +137,7 @@ def write_classes_next_to(mask_path: Path, classes: LabelClasses, extra: dict[st
     return write_classes_json(
         target, classes.names, classes.colors, classes.synonyms,
         overwrite=target.name != "classes.json", extra=extra or None,
+        ignore_class=classes.ignore_row, things=classes.thing_rows or None,
     )
 
 
@@ -191,7 +192,13 @@ def write_labels_png(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             "choose .tif (16-bit) in the save dialog instead."
         )
     out = Path(path)
-    written = write_indexed_png(out, labels, classes.colors, overwrite=True)
+    palette = classes.colors
+    if classes.ignore_row is not None:  # the ignore class is 255 in PNG masks (VOC, mmsegmentation)
+        labels = np.where(labels == classes.ignore_row, 255, labels).astype(np.uint8)
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: classes.n_labels] = classes.colors
+        palette[255] = classes.colors[classes.ignore_row]
+    written = write_indexed_png(out, labels, palette, overwrite=True)
     cls_path = write_classes_next_to(out, classes, _extra(meta))
     return [str(written), str(cls_path)]
 
@@ -215,7 +222,8 @@ def write_labels_coco(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     image_name = _extra(meta).get("image") or meta.get("name") or Path(path).stem
     doc = labels_to_coco(
         labels, classes.names, image_id=1, file_name=f"{safe_filename(str(image_name))}.png",
-        mode="rle", ignore_index=0,
+        mode="rle", ignore_index=[0] + ([classes.ignore_row] if classes.ignore_row is not None else []),
+        things=classes.thing_rows or None,
     )
     out = Path(path)
     with atomic_write(out, overwrite=True) as tmp:
