@@ -99,7 +99,7 @@ def open_picture(path: str | os.PathLike[str], max_pixels: int | str | None = No
     ImageTooLargeError
         Above the pixel or decoded-byte limit; nothing was decoded.
     ValueError
-        Not an image of the format its suffix names.
+        Not a PNG, JPEG or BMP image (whatever its suffix).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -109,13 +109,18 @@ def open_picture(path: str | os.PathLike[str], max_pixels: int | str | None = No
     if formats is None:
         raise ValueError(f"{p} is not a PNG, JPEG or BMP file (by its suffix); TIFF files are read "
                          "with read_image or read_tiff.")
+    # The suffix's format first, then the other picture formats: datasets hold PNGs named
+    # .jpg and the like. Only these decoders ever run, whatever the bytes claim.
+    Image.init()  # registers every plugin (MPO where this Pillow has it)
+    allowed = list(formats) + [f for fs in _PIL_FORMATS.values() for f in fs if f not in formats]
+    allowed = [f for f in dict.fromkeys(allowed) if f in Image.OPEN]  # this Pillow's decoders
     with open(p, "rb") as handle:
         try:
             with _pil_unlimited():  # the header only: quick under the lock
-                img = Image.open(handle, formats=list(formats))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise ValueError(f"{p} is not an image file that can be read as {formats[0]}, as its "
-                             "suffix says; PNG, JPEG, BMP and TIFF files are read.") from None
+                img = Image.open(handle, formats=allowed)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, KeyError):
+            raise ValueError(f"{p} is not a PNG, JPEG or BMP image (its suffix says "
+                             f"{formats[0]}); PNG, JPEG, BMP and TIFF files are read.") from None
         with img:
             width, height = img.size
             check_pixel_limit(p, width, height, max_pixels)
