@@ -4,7 +4,7 @@ Issue 14, item 6. Each bomb is built in the test (tests/_bombs.py) and is live: 
 naively (``imageio.v3.imread`` / ``tifffile.imread``) they peaked at 4.7 GB (animated
 PNG), 2.9 GB (3000 samples), 2.1 GB (one 32768^2 tile) and 2.1 GB (a strip inflating to
 1 GiB) on the machine these tests were written on. Peaks are measured in a fresh
-subprocess (``ru_maxrss``) and must stay under 1 GB.
+subprocess (``VmHWM``, see ``_peak_rss``) and must stay under 1 GB.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from PIL import Image
 
 import napari_cass
 from _bombs import apng_bomb, tiff_file, zeros_deflated
+from _peak_rss import HWM
 from napari_cass.io import ImageDecodeError, ImageTooLargeError, read_image, read_label_image
 
 GB = 1 << 30
@@ -50,8 +51,8 @@ BOMBS = {  # what the reader must say about each, and what it must suggest
 
 def _peak(code: str, *args: str) -> dict:
     """Run ``code`` in a fresh interpreter; it prints a JSON dict. Adds the peak RSS in bytes."""
-    script = ("import json, resource, sys\n" + code
-              + "\nout['peak'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\nprint(json.dumps(out))")
+    script = ("import json, sys\n" + HWM + code
+              + "\nout['peak'] = _hwm()\nprint(json.dumps(out))")
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(TESTS)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -113,7 +114,7 @@ from napari_cass.engine.testing import tiny_models
 
 models = tiny_models()
 _segment.build_segmenter = lambda args: Segmenter.from_models(*models, method=args.method, device='cpu')
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # torch and the models: ~0.8 GB
+before = _hwm()  # torch and the models: ~0.8 GB
 rc = cli.main(['segment', sys.argv[1], '--classes', 'sky, road', '--out', sys.argv[2], '--preset', 'interactive'])
 out = {'rc': rc, 'before': before}
 """
@@ -126,8 +127,8 @@ def test_cli_run_over_a_folder_of_bombs_stays_under_1_gb(tmp_path: Path) -> None
     for kind in ("samples", "tile", "strip"):
         _bomb(kind, folder)
     Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(folder / "good.png")
-    done = subprocess.run([sys.executable, "-c", "import json, resource, sys\n" + _CLI
-                           + "\nprint(json.dumps({**out, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))",
+    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + HWM + _CLI
+                           + "\nprint(json.dumps({**out, 'peak': _hwm()}))",
                            str(folder), str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])

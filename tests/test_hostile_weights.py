@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from _bombs import zip_with_deflated_record
+from _peak_rss import HWM
 from _weights_fixtures import env, script, tiny_vit  # noqa: F401
 
 from napari_cass.engine import _weights as W
@@ -45,11 +46,11 @@ def test_a_deflated_record_is_refused_before_torch_load_in_bounded_memory(inflat
     with zipfile.ZipFile(inflating) as archive:
         declared = archive.getinfo("good/data/0")
     assert declared.file_size == GB and declared.compress_size < 1_100_000
-    code = ("import json, resource, sys\nfrom napari_cass.engine._weights import load_state_dict_file\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+    code = ("import json, sys\n" + HWM + "from napari_cass.engine._weights import load_state_dict_file\n"
+            "before = _hwm()\n"
             "try:\n    load_state_dict_file(sys.argv[1]); out = {'loaded': True}\n"
             "except ValueError as exc:\n    out = {'message': str(exc)}\n"
-            "out.update(before=before, peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+            "out.update(before=before, peak=_hwm())\n"
             "print(json.dumps(out))")
     done = subprocess.run([sys.executable, "-c", code, str(inflating)], capture_output=True, text=True,
                           timeout=300)

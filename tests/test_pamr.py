@@ -193,7 +193,9 @@ def test_synthetic_boundary_gain():
 
 def test_refinement_memory_is_bounded_by_the_tile_budget(tmp_path):
     """Peak memory of a tiled refinement, in a fresh process: outputs + the tile budget, not H x W x classes."""
-    code = textwrap.dedent(
+    from _peak_rss import HWM
+
+    code = HWM + textwrap.dedent(
         """
         import json, resource, numpy as np, torch
         from napari_cass.engine._finish import finish_logits
@@ -205,11 +207,11 @@ def test_refinement_memory_is_bounded_by_the_tile_budget(tmp_path):
         logits = torch.randn(60, 80, q) * 0.05
         import napari_cass.engine._pamr_finish as pf
         pf.PAMR_ELEMENTS = 2_000_000
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _hwm()
         out = finish_logits(logits, (h0, w0), [(i, i + 1) for i in range(q)], logit_scale=40.0,
                             guide=original_guide(load_rgb(image)), pamr=Pamr(2, (8, 16)))
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"grew_mb": (after - before) / 1024, "labels": int(out.labels.max())}))
+        after = _hwm()
+        print(json.dumps({"grew_mb": (after - before) / 2**20, "labels": int(out.labels.max())}))
         """
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -225,7 +227,8 @@ def test_refinement_memory_is_bounded_by_the_tile_budget(tmp_path):
 @pytest.mark.slow
 def test_parity_with_the_authors_pamr():
     """Engine (refine="pamr", reference_quirks) vs the authors' PAMR on the engine's logits
-    (data/parity/README.md, "PAMR reference"): probabilities within 1e-3, labels >= 99.9 %."""
+    (data/parity/README.md, "PAMR reference"): labels >= 99.9 %, probabilities within a
+    tolerance derived from the engine's run-to-run logit parity (below)."""
     import open_clip
     import timm
 
@@ -248,7 +251,14 @@ def test_parity_with_the_authors_pamr():
     image = np.load(PARITY_DIR / "inputs_astronaut.npz")["image_orig"]
     result = seg.segment(image, benchmark_classes("voc20"), return_probabilities=True, probability_stride=4)
     want_probs = want["probs_s4"].astype(np.float32)
-    assert np.abs(result.probabilities - want_probs).max() < 1e-3
+    # The reference is the authors' PAMR of one run's engine logits. In another process
+    # (BLAS threads, load) the engine's logits move by up to Eq. 9's parity target, 1e-4
+    # (shared parity README). PAMR averages logits (convex weights: no larger change);
+    # softmax at logit scale s moves a probability by at most s/4 per unit of one logit, and
+    # two logits move: 2 * s/4 * 1e-4 (2e-3 for s = 40). Plus float16 storage: half an ulp
+    # at 1.0, 2**-11. CI once measured 1.4e-3 here; the same run on its own gave < 1e-3.
+    tol = 2 * seg.preset.logit_scale / 4 * 1e-4 + 2.0**-11
+    assert np.abs(result.probabilities - want_probs).max() < tol
     assert (result.labels == want["labels"]).mean() >= 0.999
     # PAMR did something here: it moved labels the unrefined reference had
     assert (want["labels"] != ref["labels"]).mean() > 1e-3
