@@ -119,8 +119,9 @@ def open_picture(path: str | os.PathLike[str], max_pixels: int | str | None = No
             with _pil_unlimited():  # the header only: quick under the lock
                 img = Image.open(handle, formats=allowed)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, KeyError):
-            raise ValueError(f"{p} is not a PNG, JPEG or BMP image (its suffix says "
-                             f"{formats[0]}); PNG, JPEG, BMP and TIFF files are read.") from None
+            raise ValueError(f"{p} is not an image file that can be read: its bytes are no PNG, "
+                             f"JPEG or BMP picture (its suffix says {formats[0]}). PNG, JPEG, BMP "
+                             "and TIFF files are read.") from None
         with img:
             width, height = img.size
             check_pixel_limit(p, width, height, max_pixels)
