@@ -19,8 +19,7 @@ from PIL import Image
 
 from _label_studio_support import real_images
 
-cvataa = pytest.importorskip("cvat_sdk.auto_annotation")
-pytest.importorskip("cvat_cli")
+import cvat_sdk.auto_annotation as cvataa  # cvat-cli is in the [testing] extra: never skipped
 from cvat_sdk.auto_annotation.driver import _AnnotationMapper, _DetectionFunctionContextImpl  # noqa: E402
 from cvat_sdk.masks import decode_mask  # noqa: E402
 

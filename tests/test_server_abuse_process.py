@@ -62,8 +62,7 @@ def _status_kb(pid: int, field: str) -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(process, url, token file, log folder) of a warmed-up server."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs Linux /proc for the descriptor and memory checks")
+    assert Path("/proc/self/status").exists(), "these checks read Linux /proc (descriptors, memory)"
     tmp = tmp_path_factory.mktemp("serve-abuse")
     token = tmp / "token"
     token.write_text(TOKEN + "\n")
